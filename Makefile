@@ -1,0 +1,36 @@
+# mmbert — `make demo` and `make test` work on a fresh machine: they create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CACHE ?= $(HOME)/.cache/mmbert
+export MMBERT_CACHE := $(CACHE)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-slow test-gpu bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,onnx]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/mmbert demo --out runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow tests
+
+test-gpu: $(VENV)/.installed
+	$(PY) -m pytest -q -m gpu tests
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/mmbert bench --out runs/bench
+
+clean:
+	rm -rf runs build *.egg-info src/*.egg-info
