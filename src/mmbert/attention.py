@@ -1,0 +1,254 @@
+"""Variable-length ("unpadded") attention for the encoder.
+
+All tokens of a batch live in one flat tensor ``[N, heads, head_dim]``; ``cu_seqlens`` (int32,
+``[S+1]``) marks where each of the ``S`` sequences starts and ends. No token attends across
+sequences. Local (sliding-window) layers let token ``i`` see token ``j`` iff ``|i - j| <= window``,
+where ``window = local_attention // 2`` (64 for mmBERT); global layers pass ``window=None``.
+
+Backends, picked per call by :func:`varlen_attention`:
+
+* **flash-attn** (``flash_attn_varlen_func``) when the package imports, the tensors are on CUDA
+  and in fp16/bf16. Its ``window_size=(w, w)`` is inclusive, exactly our ``|i - j| <= w``.
+* **SDPA per length bucket** otherwise (CPU, or fp32 on GPU). Sequences of similar length are
+  grouped (:func:`_buckets`), padded only within their bucket and run through
+  ``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask. A batch whose
+  sequences all have the same length needs neither gather nor mask (a plain reshape).
+* **blocked sliding window** (:func:`sliding_window_attention`) for local layers on long
+  sequences: queries in blocks of ``window`` tokens attend to keys of their own and the two
+  neighbouring blocks only, so cost and memory grow linearly with length instead of ``T x T``.
+
+The per-batch bookkeeping (buckets, gather indices, masks) does not depend on the layer, so it
+is computed once per forward in a :class:`VarlenPlan` and shared by all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional GPU kernel
+    from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+except Exception:  # ImportError, or a broken CUDA build
+    flash_attn_varlen_func = None
+
+# A local layer uses the blocked kernel once a bucket's padded length exceeds this many windows:
+# below it the dense masked T x T scores are small and one SDPA call is cheaper.
+CHUNK_MIN_WINDOWS = 4
+
+
+def flash_available(x: torch.Tensor) -> bool:
+    """Whether the flash-attn varlen kernel can run on tensors like ``x``."""
+    return (flash_attn_varlen_func is not None and x.is_cuda
+            and x.dtype in (torch.float16, torch.bfloat16))
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocked sliding-window attention (padded batch, linear in sequence length)
+# ---------------------------------------------------------------------------------------------
+
+def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                             lengths: torch.Tensor | None = None, *, scale: float | None = None,
+                             dropout_p: float = 0.0) -> torch.Tensor:
+    """Bidirectional sliding-window attention on a padded batch without a ``T x T`` matrix.
+
+    ``q, k, v``: ``[B, H, T, D]``; query ``i`` sees key ``j`` iff ``|i - j| <= window`` and
+    ``j < lengths[b]`` (all ``T`` keys valid when ``lengths`` is None). Queries are cut into blocks
+    of ``window`` tokens; block ``n`` needs keys from blocks ``n-1, n, n+1`` only, so every block
+    scores ``window x 3*window`` pairs: ``O(T * window)`` work and memory in total. Rows at
+    padded positions are computed (finite) but meaningless.
+    """
+    B, H, T, D = q.shape
+    b = max(1, int(window))
+    nb = -(-T // b)  # ceil
+    Tp = nb * b
+    # pad queries to whole blocks; keys/values additionally by one block on each side
+    qp = F.pad(q, (0, 0, 0, Tp - T))
+    kp = F.pad(k, (0, 0, b, Tp - T + b))
+    vp = F.pad(v, (0, 0, b, Tp - T + b))
+    qb = qp.view(B, H, nb, b, D)
+    kb = kp.unfold(2, 3 * b, b).transpose(-1, -2)  # [B, H, nb, 3b, D]: blocks n-1, n, n+1
+    vb = vp.unfold(2, 3 * b, b).transpose(-1, -2)
+
+    # positions: query r of block n is n*b + r; key c of block n is n*b - b + c
+    r = torch.arange(b, device=q.device)
+    c = torch.arange(3 * b, device=q.device)
+    near = (r[:, None] - (c[None, :] - b)).abs() <= window  # [b, 3b], same for every block
+    start = torch.arange(nb, device=q.device) * b
+    kpos = start[:, None] - b + c[None, :]  # [nb, 3b]
+    qpos = start[:, None] + r[None, :]  # [nb, b]
+    if lengths is None:
+        lengths = torch.full((B,), T, device=q.device)
+    L = lengths.to(q.device).view(B, 1, 1)
+    kvalid = (kpos[None] >= 0) & (kpos[None] < L)  # [B, nb, 3b]
+    qpad = qpos[None] >= L  # [B, nb, b]
+    # padded query rows see their whole window (never an empty row, so never NaN)
+    mask = near[None, None] & (kvalid[:, :, None, :] | qpad[..., None])  # [B, nb, b, 3b]
+
+    # fold blocks into the batch dimension: [B*nb, H, rows, D]
+    fold = lambda t: t.transpose(1, 2).reshape(B * nb, H, t.shape[-2], D)  # noqa: E731
+    out = F.scaled_dot_product_attention(
+        fold(qb), fold(kb), fold(vb), attn_mask=mask.reshape(B * nb, 1, b, 3 * b),
+        dropout_p=dropout_p, scale=scale)
+    out = out.view(B, nb, H, b, D).transpose(1, 2).reshape(B, H, Tp, D)
+    return out[:, :, :T]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-batch plan: buckets of similar length, gather indices, masks
+# ---------------------------------------------------------------------------------------------
+
+def _buckets(lengths: list[int], max_waste: float = 0.25, slack: int = 16) -> list[list[int]]:
+    """Group sequence indices so that padding within a group stays small.
+
+    Longest first; a sequence joins the current group while it is at least ``1 - max_waste`` of
+    the group's longest or within ``slack`` tokens of it (many short sequences share one call).
+    """
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    top = 0
+    for i in order:
+        n = lengths[i]
+        if groups and (n >= (1 - max_waste) * top or top - n <= slack):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+            top = n
+    return groups
+
+
+@dataclass
+class _Bucket:
+    """Sequences padded to a common length ``T`` within one SDPA call."""
+
+    T: int
+    lengths: torch.Tensor  # [nb] long
+    index: torch.Tensor | None  # [nb, T] flat token index (pads point at a real token); None = view
+    valid: torch.Tensor | None  # [nb * T] bool, True at real tokens; None = no padding
+    masks: dict = field(default_factory=dict)  # window -> boolean SDPA mask
+
+
+@dataclass
+class VarlenPlan:
+    """What every layer's attention needs to know about the batch layout (built once)."""
+
+    cu_seqlens: torch.Tensor  # int32 [S+1]
+    max_seqlen: int
+    num_tokens: int
+    _buckets: list[_Bucket] | None = None
+
+    @classmethod
+    def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> "VarlenPlan":
+        cu = cu_seqlens.to(torch.int32)
+        if max_seqlen is None:
+            max_seqlen = int(cu.diff().max()) if cu.numel() > 1 else 0
+        return cls(cu_seqlens=cu, max_seqlen=int(max_seqlen), num_tokens=int(cu[-1]))
+
+    def buckets(self) -> list[_Bucket]:
+        """Buckets for the SDPA path (built lazily: the flash path never needs them)."""
+        if self._buckets is None:
+            self._buckets = self._make_buckets()
+        return self._buckets
+
+    def _make_buckets(self) -> list[_Bucket]:
+        device = self.cu_seqlens.device
+        cu = self.cu_seqlens.tolist()
+        lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+        if lengths and min(lengths) == max(lengths) > 0:  # equal lengths: a reshape does it
+            n = lengths[0]
+            return [_Bucket(T=n, lengths=torch.full((len(lengths),), n, device=device),
+                            index=None, valid=None)]
+        out = []
+        for group in _buckets(lengths):
+            T = lengths[group[0]]
+            starts = torch.tensor([cu[i] for i in group], device=device)
+            lens = torch.tensor([lengths[i] for i in group], device=device)
+            pos = torch.arange(T, device=device)
+            valid = pos[None, :] < lens[:, None]  # [nb, T]
+            # padded slots gather the sequence's first token: finite values, masked out as keys
+            index = starts[:, None] + torch.where(valid, pos[None, :], 0)
+            out.append(_Bucket(T=T, lengths=lens, index=index, valid=valid.reshape(-1)))
+        return out
+
+
+def _dense_mask(bucket: _Bucket, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """Boolean SDPA mask ``[nb, 1, T or 1, T]`` for one bucket (None when nothing is masked)."""
+    if window in bucket.masks:
+        return bucket.masks[window]
+    T = bucket.T
+    mask = None
+    pos = torch.arange(T, device=device)
+    if bucket.valid is not None:
+        kvalid = pos[None, :] < bucket.lengths[:, None]  # [nb, T]
+        mask = kvalid[:, None, None, :]  # global layers: key padding only, broadcast over rows
+    if window is not None and window < T - 1:
+        near = (pos[:, None] - pos[None, :]).abs() <= window  # [T, T]
+        if mask is None:
+            mask = near[None, None]
+        else:
+            qpad = ~kvalid[:, :, None]  # padded query rows see all real keys (no empty row)
+            mask = (near[None] | qpad) & kvalid[:, None, :]
+            mask = mask[:, None]
+    bucket.masks[window] = mask
+    return mask
+
+
+def _sdpa_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: VarlenPlan,
+                 window: int | None, scale: float | None, dropout_p: float) -> torch.Tensor:
+    N, H, D = q.shape
+    out = q.new_empty(N, H, D)
+    for bucket in plan.buckets():
+        T = bucket.T
+        nb = bucket.lengths.numel()
+        if bucket.index is None:
+            qb, kb, vb = (t.view(nb, T, H, D).transpose(1, 2) for t in (q, k, v))
+        else:
+            idx = bucket.index.reshape(-1)
+            qb, kb, vb = (t[idx].view(nb, T, H, D).transpose(1, 2) for t in (q, k, v))
+        if window is not None and T > CHUNK_MIN_WINDOWS * window:
+            lengths = None if bucket.valid is None else bucket.lengths
+            ob = sliding_window_attention(qb, kb, vb, window, lengths, scale=scale,
+                                          dropout_p=dropout_p)
+        else:
+            mask = _dense_mask(bucket, window, q.device)
+            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p,
+                                                scale=scale)
+        ob = ob.transpose(1, 2).reshape(nb * T, H, D)
+        if bucket.index is None:
+            return ob  # one bucket covering every token, already in flat order
+        out[bucket.index.reshape(-1)[bucket.valid]] = ob[bucket.valid]
+    return out
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: VarlenPlan,
+                     window: int | None = None, *, scale: float | None = None,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention over packed sequences. ``q, k, v``: ``[N, H, D]`` -> ``[N, H, D]``.
+
+    ``window``: half-width of the sliding window (``local_attention // 2``), None for global.
+    """
+    if q.shape[0] == 0:
+        return q.clone()
+    if flash_available(q):
+        ws = (-1, -1) if window is None else (int(window), int(window))
+        return flash_attn_varlen_func(q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen,
+                                      plan.max_seqlen, dropout_p=dropout_p, softmax_scale=scale,
+                                      causal=False, window_size=ws)
+    return _sdpa_varlen(q, k, v, plan, window, scale, dropout_p)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        cu_seqlens: torch.Tensor, window: int | None = None,
+                        scale: float | None = None) -> torch.Tensor:
+    """Slow, obviously-correct dense reference (one masked ``N x N`` matrix); for tests."""
+    N = q.shape[0]
+    seg = torch.repeat_interleave(torch.arange(cu_seqlens.numel() - 1, device=q.device),
+                                  cu_seqlens.diff().long())
+    pos = torch.arange(N, device=q.device)
+    mask = seg[:, None] == seg[None, :]
+    if window is not None:
+        mask &= (pos[:, None] - pos[None, :]).abs() <= window
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                         attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)

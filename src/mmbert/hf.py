@@ -1,0 +1,288 @@
+"""Read and write the transformers ModernBERT directory layout.
+
+A model directory is ``config.json`` (``model_type: modernbert``) plus ``model.safetensors`` (or
+shards listed in ``model.safetensors.index.json``). Parameter names are transformers' own, so the
+mapping is 1:1 up to a prefix: task models hold the encoder under ``model.``, a bare
+``ModernBertModel`` stores it without one. We accept either, and ignore ``_orig_mod.``
+(torch.compile) and a leading ``module.`` (DDP) in stored names.
+
+Loading policy (documented in docs/internals.md):
+
+* missing encoder tensor, or a missing MLM head for :class:`~mmbert.model.MaskedLM` -> error
+  naming the tensor; a missing classifier head (starting fine-tuning from a masked-LM
+  directory) -> freshly initialised, with a warning;
+* a tensor of the wrong shape -> error with name, stored shape and expected shape;
+* tensors of other heads (``head.``, ``decoder.``, ``classifier.``) -> ignored silently (an
+  Encoder loads from a masked-LM directory); any other unknown tensor -> a warning listing it;
+* a stored ``decoder.weight`` while the decoder is tied -> ignored (the embedding is used).
+
+Saving writes what transformers writes: the tied decoder weight is not stored (only the
+embedding is), tensors are contiguous, metadata ``{"format": "pt"}``. Each file is written to a
+temporary name and renamed, so other files in the directory (a tokenizer) are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmbert.config import ModelConfig
+from mmbert.errors import MmbertError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+_OTHER_HEADS = ("head.", "decoder.", "classifier.")
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+    """None -> float32; "auto" stays "auto"; names -> torch dtypes."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise MmbertError(f"dtype {dtype!r}: expected one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """Validate a model directory and return (ModelConfig, raw config.json dict)."""
+    d = Path(path)
+    if not d.is_dir():
+        raise MmbertError(f"{d}: no such model directory; expected a directory with config.json "
+                          f"and {WEIGHTS}")
+    cfg_path = d / CONFIG
+    if not cfg_path.is_file():
+        raise MmbertError(f"{d}: no {CONFIG}; expected a transformers ModernBERT directory")
+    cfg = ModelConfig.load_json(cfg_path)
+    raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    return cfg, raw
+
+
+def _weight_files(d: Path) -> list[Path]:
+    if (d / WEIGHTS).is_file():
+        return [d / WEIGHTS]
+    if (d / INDEX).is_file():
+        try:
+            weight_map = json.loads((d / INDEX).read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise MmbertError(f"{d / INDEX}: not a valid safetensors index ({e}); expected "
+                              f"{{'weight_map': {{name: file}}}}") from None
+        missing = [f for f in files if not (d / f).is_file()]
+        if missing:
+            raise MmbertError(f"{d / INDEX}: lists shard {missing[0]} which does not exist")
+        return [d / f for f in files]
+    raise MmbertError(f"{d}: no {WEIGHTS} (or {INDEX}); expected transformers safetensors weights")
+
+
+def _clean_name(name: str) -> str:
+    name = name.replace("_orig_mod.", "")
+    return name.removeprefix("module.")
+
+
+def iter_tensors(d: Path):
+    """Yield (file, stored name, tensor) for every tensor in the directory's weight files.
+
+    A truncated or corrupt file raises MmbertError saying so."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in _weight_files(d):
+        size = f.stat().st_size
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for name in sf.keys():
+                    yield f, name, sf.get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MmbertError(f"{f}: truncated or corrupt safetensors file ({size} bytes: {msg}); "
+                              f"expected a complete model.safetensors") from None
+
+
+def _target_name(name: str, targets: dict[str, torch.Tensor]) -> str | None:
+    """Map a stored name to one of the model's names (prefix 'model.' added or removed)."""
+    for cand in (name, name.removeprefix("model."), "model." + name):
+        if cand in targets:
+            return cand
+    return None
+
+
+def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = None,
+                    device: torch.device | str = "cpu", **kwargs: Any):
+    """Build ``cls`` from a transformers ModernBERT directory (see the module docstring)."""
+    from mmbert.model import MaskedLM, _Classifier
+
+    d = Path(path)
+    config, raw = read_config(d)
+    want = resolve_dtype(dtype)
+    if issubclass(cls, _Classifier):
+        if "num_labels" not in kwargs and "labels" not in kwargs and isinstance(raw.get("id2label"), dict):
+            id2label = raw["id2label"]
+            try:
+                kwargs["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
+            except (ValueError, TypeError):
+                raise MmbertError(f"{d / CONFIG}: id2label keys must be integers") from None
+        if "problem_type" not in kwargs and isinstance(raw.get("problem_type"), str):
+            kwargs["problem_type"] = raw["problem_type"]
+
+    # build without initialising (no compute), then allocate and fill from the file
+    with torch.device("meta"):
+        model = cls(config, init=False, **kwargs)
+    model.to_empty(device=device)
+    model.tie_weights()
+    targets = dict(model.state_dict(keep_vars=True))
+    tied = getattr(model, "decoder", None) is not None and config.tie_word_embeddings
+    if tied:
+        targets.pop("decoder.weight", None)
+
+    loaded: set[str] = set()
+    unknown: list[str] = []
+    stored_dtype: torch.dtype | None = None
+    with torch.no_grad():
+        for f, name, tensor in iter_tensors(d):
+            clean = _clean_name(name)
+            target = _target_name(clean, targets)
+            if target is None:
+                if tied and clean.removeprefix("model.") == "decoder.weight":
+                    continue
+                if not clean.removeprefix("model.").startswith(_OTHER_HEADS):
+                    unknown.append(name)
+                continue
+            param = targets[target]
+            if tuple(tensor.shape) != tuple(param.shape):
+                raise MmbertError(f"{f}: tensor {name} has shape {list(tensor.shape)}; expected "
+                                  f"{list(param.shape)} for this config.json")
+            if stored_dtype is None and tensor.is_floating_point():
+                stored_dtype = tensor.dtype
+            param.copy_(tensor)
+            loaded.add(target)
+
+    missing = [k for k in targets if k not in loaded]
+    required = [k for k in missing
+                if not (isinstance(model, _Classifier) and k.startswith("classifier."))]
+    if required:
+        more = f" (and {len(required) - 1} more)" if len(required) > 1 else ""
+        hint = ("; a bare encoder directory has no masked-LM head: load it with Encoder"
+                if isinstance(model, MaskedLM) and required[0].startswith(("head.", "decoder."))
+                else "")
+        raise MmbertError(f"{d}: tensor {required[0]}{more} missing from the safetensors "
+                          f"file(s){hint}")
+    if missing:  # a fresh classifier on top of a pre-trained encoder (+ head)
+        warnings.warn(f"{d}: {', '.join(missing)} not stored; initialised freshly", stacklevel=3)
+        fresh = cls(config, **kwargs)  # cheap relative to fine-tuning; same init as training
+        with torch.no_grad():
+            fresh_sd = fresh.state_dict()
+            for k in missing:
+                targets[k].copy_(fresh_sd[k])
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        warnings.warn(f"{d}: ignored unknown tensors: {shown}", stacklevel=3)
+
+    if want == "auto":
+        want = stored_dtype or torch.float32
+    return model.to(dtype=want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+def hf_config_dict(model) -> dict[str, Any]:
+    """config.json for ``model``: ModelConfig fields in transformers' names (4.48 and 5.x)."""
+    d = model.config.to_hf_dict()
+    d["architectures"] = [model.hf_architecture]
+    dtype = next(model.parameters()).dtype
+    d["torch_dtype"] = str(dtype).removeprefix("torch.")
+    d.update(model.hf_config_extra())
+    return d
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_pretrained(model, path: str | Path) -> None:
+    """Write ``config.json`` and ``model.safetensors`` in transformers' layout."""
+    from safetensors.torch import save_file
+
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if name == "decoder.weight" and model.config.tie_word_embeddings:
+            continue  # tied: transformers stores only the embedding
+        tensors[name] = t.detach().to("cpu").contiguous()
+    _atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    text = json.dumps(hf_config_dict(model), indent=2, sort_keys=True) + "\n"
+    _atomic_write(d / CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-directory helpers (the CLI's `check` and `convert`)
+# ---------------------------------------------------------------------------------------------
+
+def model_class_for(raw: dict[str, Any]):
+    """Our class for a config.json's ``architectures`` (bare encoder when unknown/absent)."""
+    from mmbert.model import Encoder, MaskedLM, SequenceClassifier, TokenClassifier
+
+    arch = " ".join(a for a in (raw.get("architectures") or []) if isinstance(a, str))
+    for key, cls in (("ForMaskedLM", MaskedLM), ("ForSequenceClassification", SequenceClassifier),
+                     ("ForTokenClassification", TokenClassifier)):
+        if key in arch:
+            return cls
+    return Encoder
+
+
+def load_any(path: str | Path, *, dtype: torch.dtype | str | None = None):
+    """Load a directory into the class its config.json names (MaskedLM, classifiers, Encoder)."""
+    _, raw = read_config(path)
+    return model_class_for(raw).from_pretrained(path, dtype=dtype)
+
+
+def check_model(path: str | Path) -> dict[str, Any]:
+    """Load a directory fully and run one tiny forward; returns a summary (raises on problems)."""
+    model = load_any(path, dtype="auto").eval()
+    cfg = model.config
+    ids = torch.tensor([[cfg.cls_token_id, 5 % cfg.vocab_size, 6 % cfg.vocab_size,
+                         cfg.sep_token_id]])
+    with torch.no_grad():
+        out = model(ids)
+    t = out if isinstance(out, torch.Tensor) else (
+        out.logits if hasattr(out, "logits") else out.last_hidden_state)
+    if not bool(torch.isfinite(t.float()).all()):
+        raise MmbertError(f"{path}: the model produces non-finite outputs; the weights are broken")
+    return {"class": type(model).__name__, "parameters": model.num_parameters(),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size}
+
+
+def convert(src: str | Path, out: str | Path, *, dtype: torch.dtype | str | None = "auto") -> Path:
+    """Re-save a ModernBERT directory in our canonical layout (clean names, one safetensors file,
+    config.json readable by transformers 4.48 and 5.x), optionally changing the dtype."""
+    model = load_any(src, dtype=dtype)
+    model.save_pretrained(out)
+    return Path(out)
