@@ -210,3 +210,21 @@ def test_bf16_close_to_fp32(tmp_path):
         assert err < 0.02 * scale, (err, scale)
         agree = (got[real].argmax(-1) == ref[real].argmax(-1)).float().mean().item()
         assert agree > 0.9
+
+
+def test_sentence_embedder_dir_is_a_transformers_model(tmp_path):
+    from mmbert import SentenceEmbedder
+
+    torch.manual_seed(8)
+    cfg = tiny_config()
+    emb = SentenceEmbedder(cfg).eval()
+    emb.save_pretrained(tmp_path)
+    ref = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(ref, ModernBertModel)
+    ids, mask = batch(cfg.vocab_size, seed=8)
+    with torch.no_grad():
+        h = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = torch.nn.functional.normalize((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+        torch.testing.assert_close(emb(ids, attention_mask=mask), want, atol=ATOL, rtol=0)
+        again = SentenceEmbedder.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(again(ids, attention_mask=mask), want, atol=ATOL, rtol=0)

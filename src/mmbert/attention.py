@@ -34,8 +34,9 @@ except Exception:  # ImportError, or a broken CUDA build
     flash_attn_varlen_func = None
 
 # A local layer uses the blocked kernel once a bucket's padded length exceeds this many windows:
-# below it the dense masked T x T scores are small and one SDPA call is cheaper.
-CHUNK_MIN_WINDOWS = 4
+# below it the dense masked T x T scores are small and one SDPA call is cheaper (measured
+# crossover around 8 windows, i.e. ~512 tokens for mmBERT's 64-token half window, fp32).
+CHUNK_MIN_WINDOWS = 8
 
 
 def flash_available(x: torch.Tensor) -> bool:
@@ -48,16 +49,40 @@ def flash_available(x: torch.Tensor) -> bool:
 # Blocked sliding-window attention (padded batch, linear in sequence length)
 # ---------------------------------------------------------------------------------------------
 
+def window_block_mask(T: int, window: int, lengths: torch.Tensor | None, B: int,
+                      device: torch.device) -> torch.Tensor:
+    """Boolean mask ``[B * nb, 1, b, 3b]`` for :func:`sliding_window_attention` (block b = window).
+
+    Query ``r`` of block ``n`` sits at ``n*b + r``; key ``c`` of block ``n`` at ``n*b - b + c``.
+    Padded query rows see their whole window, so no row is empty (no NaN, even in backward)."""
+    b = max(1, int(window))
+    nb = -(-T // b)
+    r = torch.arange(b, device=device)
+    c = torch.arange(3 * b, device=device)
+    near = (r[:, None] - (c[None, :] - b)).abs() <= window  # [b, 3b], same for every block
+    start = torch.arange(nb, device=device) * b
+    kpos = start[:, None] - b + c[None, :]  # [nb, 3b]
+    qpos = start[:, None] + r[None, :]  # [nb, b]
+    if lengths is None:
+        lengths = torch.full((B,), T, device=device)
+    L = lengths.to(device).view(B, 1, 1)
+    kvalid = (kpos[None] >= 0) & (kpos[None] < L)  # [B, nb, 3b]
+    qpad = qpos[None] >= L  # [B, nb, b]
+    mask = near[None, None] & (kvalid[:, :, None, :] | qpad[..., None])  # [B, nb, b, 3b]
+    return mask.reshape(B * nb, 1, b, 3 * b)
+
+
 def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
                              lengths: torch.Tensor | None = None, *, scale: float | None = None,
-                             dropout_p: float = 0.0) -> torch.Tensor:
+                             dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Bidirectional sliding-window attention on a padded batch without a ``T x T`` matrix.
 
     ``q, k, v``: ``[B, H, T, D]``; query ``i`` sees key ``j`` iff ``|i - j| <= window`` and
     ``j < lengths[b]`` (all ``T`` keys valid when ``lengths`` is None). Queries are cut into blocks
     of ``window`` tokens; block ``n`` needs keys from blocks ``n-1, n, n+1`` only, so every block
     scores ``window x 3*window`` pairs: ``O(T * window)`` work and memory in total. Rows at
-    padded positions are computed (finite) but meaningless.
+    padded positions are computed (finite) but meaningless. ``mask``: a cached
+    :func:`window_block_mask` for these sizes.
     """
     B, H, T, D = q.shape
     b = max(1, int(window))
@@ -70,27 +95,13 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     qb = qp.view(B, H, nb, b, D)
     kb = kp.unfold(2, 3 * b, b).transpose(-1, -2)  # [B, H, nb, 3b, D]: blocks n-1, n, n+1
     vb = vp.unfold(2, 3 * b, b).transpose(-1, -2)
-
-    # positions: query r of block n is n*b + r; key c of block n is n*b - b + c
-    r = torch.arange(b, device=q.device)
-    c = torch.arange(3 * b, device=q.device)
-    near = (r[:, None] - (c[None, :] - b)).abs() <= window  # [b, 3b], same for every block
-    start = torch.arange(nb, device=q.device) * b
-    kpos = start[:, None] - b + c[None, :]  # [nb, 3b]
-    qpos = start[:, None] + r[None, :]  # [nb, b]
-    if lengths is None:
-        lengths = torch.full((B,), T, device=q.device)
-    L = lengths.to(q.device).view(B, 1, 1)
-    kvalid = (kpos[None] >= 0) & (kpos[None] < L)  # [B, nb, 3b]
-    qpad = qpos[None] >= L  # [B, nb, b]
-    # padded query rows see their whole window (never an empty row, so never NaN)
-    mask = near[None, None] & (kvalid[:, :, None, :] | qpad[..., None])  # [B, nb, b, 3b]
+    if mask is None:
+        mask = window_block_mask(T, window, lengths, B, q.device)
 
     # fold blocks into the batch dimension: [B*nb, H, rows, D]
     fold = lambda t: t.transpose(1, 2).reshape(B * nb, H, t.shape[-2], D)  # noqa: E731
-    out = F.scaled_dot_product_attention(
-        fold(qb), fold(kb), fold(vb), attn_mask=mask.reshape(B * nb, 1, b, 3 * b),
-        dropout_p=dropout_p, scale=scale)
+    out = F.scaled_dot_product_attention(fold(qb), fold(kb), fold(vb), attn_mask=mask,
+                                         dropout_p=dropout_p, scale=scale)
     out = out.view(B, nb, H, b, D).transpose(1, 2).reshape(B, H, Tp, D)
     return out[:, :, :T]
 
@@ -207,9 +218,12 @@ def _sdpa_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Varlen
             idx = bucket.index.reshape(-1)
             qb, kb, vb = (t[idx].view(nb, T, H, D).transpose(1, 2) for t in (q, k, v))
         if window is not None and T > CHUNK_MIN_WINDOWS * window:
-            lengths = None if bucket.valid is None else bucket.lengths
-            ob = sliding_window_attention(qb, kb, vb, window, lengths, scale=scale,
-                                          dropout_p=dropout_p)
+            key = ("blocked", window)
+            if key not in bucket.masks:
+                lengths = None if bucket.valid is None else bucket.lengths
+                bucket.masks[key] = window_block_mask(T, window, lengths, nb, q.device)
+            ob = sliding_window_attention(qb, kb, vb, window, scale=scale, dropout_p=dropout_p,
+                                          mask=bucket.masks[key])
         else:
             mask = _dense_mask(bucket, window, q.device)
             ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p,

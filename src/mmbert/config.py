@@ -481,9 +481,11 @@ class Recipe:
         """Plain data (JSON/YAML); ``recipe_from_dict(r.to_dict())`` gives back ``r``."""
         d = dataclasses.asdict(self)
         d.pop("source")
+        d["phases"] = list(d["phases"])
         for p in d["phases"]:
             if isinstance(p["languages"], tuple):
                 p["languages"] = list(p["languages"])
+            p["variants"] = list(p["variants"])
             for v in p["variants"]:
                 if isinstance(v["languages"], tuple):
                     v["languages"] = list(v["languages"])
@@ -637,7 +639,7 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
     if strategy not in STRATEGIES:
         _fail(w("distributed"), strategy, f"one of {list(STRATEGIES)}")
     raw_phases = d.get("phases")
-    if not isinstance(raw_phases, list) or not raw_phases:
+    if not isinstance(raw_phases, (list, tuple)) or not raw_phases:
         _fail(w("phases"), raw_phases, "a non-empty list of phases")
     phases: list[PhaseConfig] = []
     for i, p in enumerate(raw_phases):

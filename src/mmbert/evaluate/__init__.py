@@ -103,3 +103,48 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
         results["timing_s"][s.name] = round(time.time() - ts, 2)
     results["seconds"] = round(time.time() - t0, 2)
     return write_report(Path(out_dir), results)
+
+
+def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: int | None = 8,
+                 seed: int = 0, shards_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write the derived demo tasks as fine-tuning files (``mmbert finetune`` inputs):
+
+    - ``domain_train.jsonl`` (English) / ``domain_test.jsonl`` (other languages, with ``lang``):
+      gettext catalogue classification, ``{"text", "label"}``;
+    - ``codeswitch_train.conll`` / ``codeswitch_test.conll``: word language tags (eng/oth);
+    - ``pairs_train.jsonl`` / ``pairs_test.jsonl``: ``{"anchor": English, "positive": X}`` from
+      gettext strings aligned by msgid and UDHR paragraphs (train / held-out splits).
+    """
+    from mmbert.evaluate.classification import domain_task
+    from mmbert.evaluate.corpus import Corpus, eval_languages, gettext_pairs, udhr_units
+    from mmbert.evaluate.tagging import codeswitch_examples
+    from mmbert.tasks.common import AtomicDir
+    from mmbert.tasks.io import write_conll, write_jsonl
+
+    corpus = Corpus.open(corpus_dir)
+    sizes, _, _ = training_sizes(corpus, shards_dir)
+    langs = eval_languages(corpus, sizes, max_languages)
+    task = domain_task(corpus, langs, seed=seed)
+    counts: dict[str, int] = {}
+    with AtomicDir(out_dir) as tmp:
+        rows = [{"text": t, "label": task.domains[y]} for t, y in task.train]
+        write_jsonl(tmp / "domain_train.jsonl", rows)
+        counts["domain_train"] = len(rows)
+        rows = [{"text": t, "label": task.domains[y], "lang": l}
+                for l in langs for t, y in task.test.get(l, [])]
+        write_jsonl(tmp / "domain_test.jsonl", rows)
+        counts["domain_test"] = len(rows)
+        for split, name in (("train", "train"), ("heldout", "test")):
+            exs = [ex for l in langs for ex in codeswitch_examples(corpus, l, split, seed=seed)]
+            write_conll(tmp / f"codeswitch_{name}.conll", exs)
+            counts[f"codeswitch_{name}"] = len(exs)
+            pairs = [{"anchor": e, "positive": x, "lang": l} for l in langs
+                     for e, x in gettext_pairs(corpus, l, split) + udhr_units(corpus, l, split)]
+            write_jsonl(tmp / f"pairs_{name}.jsonl", pairs)
+            counts[f"pairs_{name}"] = len(pairs)
+        from mmbert.tasks.common import write_json
+
+        summary = {"corpus": str(corpus_dir), "languages": langs, "domains": task.domains,
+                   "counts": counts, "seed": seed}
+        write_json(tmp / "tasks.json", summary)
+    return summary

@@ -19,39 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmbert.data.masking import mask_tokens
 from mmbert.errors import MmbertError
 from mmbert.tasks.common import length_batches, load_text_tokenizer, pack
 
 
 def _rng(seed: int, lang: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(lang.encode("utf-8"))])
-
-
-def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, ratio: float, mask_id: int,
-                vocab_size: int, special: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """BERT masking: choose ``ratio`` of the maskable positions (at least one); of those 80% ->
-    [MASK], 10% -> a random token, 10% kept. Returns (input ids, labels with -100 elsewhere)."""
-    try:  # the pre-training masker, when the data package provides it
-        from mmbert.data.masking import mask_tokens as data_mask  # type: ignore
-
-        return data_mask(ids, rng, ratio=ratio, mask_id=mask_id, vocab_size=vocab_size,
-                         special=special)
-    except ImportError:
-        pass
-    ids = np.asarray(ids, dtype=np.int64)
-    labels = np.full_like(ids, -100)
-    cand = np.flatnonzero(~np.isin(ids, special))
-    if cand.size == 0:
-        return ids.copy(), labels
-    n = max(1, int(round(ratio * cand.size)))
-    pos = np.sort(rng.choice(cand, size=n, replace=False))
-    labels[pos] = ids[pos]
-    out = ids.copy()
-    r = rng.random(n)
-    out[pos[r < 0.8]] = mask_id
-    rand = pos[(r >= 0.8) & (r < 0.9)]
-    out[rand] = rng.integers(0, vocab_size, size=rand.size)
-    return out, labels
 
 
 def windows(docs: Sequence[Sequence[int]], seq_len: int, cls_id: int, sep_id: int,

@@ -79,17 +79,14 @@ def load_text_tokenizer(model_dir: str | Path, config: ModelConfig,
     A tokenizer whose vocabulary is larger than the model's embedding matrix would index out of
     range (or silently use the wrong rows): that is an error, said in one line.
     """
-    from tokenizers import Tokenizer
+    from mmbert.tokenizer import load_tokenizer
 
     p = Path(tokenizer_path) if tokenizer_path is not None else Path(model_dir)
     f = p / "tokenizer.json" if p.is_dir() else p
     if not f.is_file():
         raise MmbertError(f"{p}: no tokenizer.json; expected the model's tokenizer next to "
                           "config.json (or pass --tokenizer)")
-    try:
-        tok = Tokenizer.from_file(str(f))
-    except Exception as e:  # tokenizers raises plain Exception subclasses
-        raise MmbertError(f"{f}: not a valid tokenizers tokenizer.json ({str(e)[:120]})") from None
+    tok = load_tokenizer(f).backend  # encode_special_tokens: "<mask>" in text stays text
     n = tok.get_vocab_size(with_added_tokens=True)
     if n > config.vocab_size:
         raise MmbertError(f"{f}: tokenizer has {n} tokens but the model's config.json has "
@@ -223,8 +220,9 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total
 class AtomicDir:
     """Write a whole output directory under a temporary name, rename it into place on success.
 
-    An existing ``out`` is replaced only if it looks like one of our outputs (has config.json or
-    results.json) or is empty; anything else is refused, so a typo cannot wipe a directory."""
+    An existing ``out`` is replaced only if it looks like one of our outputs (has config.json,
+    results.json or tasks.json) or is empty; anything else is refused, so a typo cannot wipe
+    a directory."""
 
     def __init__(self, out: str | Path):
         self.out = Path(out)
@@ -235,7 +233,8 @@ class AtomicDir:
             if not self.out.is_dir():
                 raise MmbertError(f"{self.out}: exists and is not a directory; expected a new or "
                                   "previous output directory")
-            ours = any((self.out / n).exists() for n in ("config.json", "results.json"))
+            ours = any((self.out / n).exists() for n in ("config.json", "results.json",
+                                                          "tasks.json"))
             if not ours and any(self.out.iterdir()):
                 raise MmbertError(f"{self.out}: exists and is not an mmbert output; expected a "
                                   "new directory (refusing to overwrite)")

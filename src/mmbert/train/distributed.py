@@ -146,4 +146,4 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
         return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh,
                                  like.placements, src_data_rank=None)
-    return full.to(like.device, like.dtype)
+    return full.to(like.device, like.dtype, copy=True)  # never alias the caller's tensor

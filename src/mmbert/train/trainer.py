@@ -1,0 +1,765 @@
+"""The pre-training loop: phases, decay variants, exact resume.
+
+``pretrain(recipe, out_dir)`` runs the recipe's phases in sequence in RUN_DIR (the "trunk"); if
+the last phase declares ``variants``, each variant runs that phase from the trunk's last
+phase-end checkpoint into RUN_DIR/variants/<name>/. Between phases the data mixture, mask ratio,
+sequence length and RoPE thetas change; the optimizer keeps its moments unless the phase says
+``reset_optimizer``.
+
+One optimizer step = a global batch: ``accum`` micro-batches of ``micro_batch_tokens`` on each
+of ``world_size`` ranks. Every micro-batch comes from its own *data slot*: an
+``MLMLoader(rank=slot, world_size=slots)`` with ``slot = a * world_size + rank``. The data of a
+step therefore depends only on the number of slots in use, not on how they are split between
+ranks and accumulation: 2 ranks x 1 micro-batch see exactly the batch 1 rank x 2 micro-batches
+sees, and a run can resume on a different number of ranks with the same data order.
+
+The loss of a step is (sum of token losses over the global batch) / (masked tokens in the global
+batch): token counts are all-reduced before the forward passes, so every micro-batch's loss is
+scaled to its share of that mean, whatever the split.
+
+RUN_DIR layout::
+
+    recipe.json            the resolved recipe (a resume must match it)
+    tokenizer/             copy of the recipe's tokenizer (exports take it from here)
+    metrics.jsonl          one line per step: loss, lr, tokens, tokens/s, per-language loss
+    checkpoints/step-*/    see checkpoint.py; phase ends are kept forever
+    export/<phase>/        HF directory (model + tokenizer) at the end of every trunk phase
+    variants/<name>/       the same (metrics.jsonl, checkpoints/, export/) per decay variant
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mmbert.config import PhaseConfig, Recipe, recipe_from_dict
+from mmbert.errors import MmbertError
+from mmbert.train import checkpoint as ckpt
+from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
+                                      broadcast_object, full_tensor, grad_sync, init_distributed,
+                                      is_dtensor, shard_like, shutdown, wrap_model)
+from mmbert.train.optim import build_optimizer, set_hparams
+from mmbert.train.schedule import accum_steps, lr_factor, max_accum_steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PhaseResult:
+    """Where a finished phase (or decay variant) left its model."""
+
+    name: str
+    checkpoint: Path  # phase-end training checkpoint (model/ inside is an HF directory)
+    export: Path | None  # HF directory with tokenizer, or None without a tokenizer
+    step: int
+    tokens: int  # total tokens seen by the model at the end of this phase
+    loss: float | None  # mean loss over the phase's last 10 steps (None if not run now)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    phases: list[PhaseResult] = field(default_factory=list)  # trunk phases, in order
+    variants: dict[str, PhaseResult] = field(default_factory=dict)
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0  # mean over the steps run by this call
+
+
+@dataclass
+class TrainState:
+    """Position in the run; saved in trainer.json (it is also the LR/batch schedule state)."""
+
+    step: int = 0
+    tokens: int = 0  # total, over all phases
+    phase_index: int = 0
+    phase_tokens: int = 0  # tokens consumed in the current phase
+    phase_steps: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(step=self.step, tokens=self.tokens, phase_index=self.phase_index,
+                    phase_tokens=self.phase_tokens, phase_steps=self.phase_steps)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(**{k: int(d[k]) for k in ("step", "tokens", "phase_index", "phase_tokens",
+                                             "phase_steps")})
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. ``auto`` picks bf16 only where it is fast: CUDA
+    GPUs with bf16, CPUs with AMX or AVX512-BF16 (elsewhere CPU bf16 matmuls are emulated and
+    far slower than fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def data_seed(seed: int, phase: str, variant: str | None) -> int:
+    """A loader seed per (recipe seed, phase, variant), stable across Python versions."""
+    h = hashlib.sha256(f"{seed}/{phase}/{variant or ''}".encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+def _recipe_key(d: dict[str, Any]) -> dict[str, Any]:
+    """What must not change on resume (locations, cadence and logging may)."""
+    return {k: v for k, v in d.items() if k not in ("shards", "tokenizer", "checkpoint", "log")}
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path}: {a!r} in the run, {b!r} now"
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight: everything that can be wrong with the input is checked before any training
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    languages: dict[tuple[int, str | None], list[str]]  # (phase index, variant) -> codes
+    tokenizer: Any | None
+    vocab_size: int | None
+    special_ids: dict[str, int]
+
+
+def _resolve_languages(shardset: Any, spec: Any, where: str, manifest: Path) -> list[str]:
+    from mmbert.data.sampler import select_languages
+
+    have = list(shardset.languages)
+    if isinstance(spec, tuple):
+        missing = [c for c in spec if c not in have]
+        if missing:
+            raise MmbertError(f"{where}: language {missing[0]!r} is not in {manifest} "
+                              f"({len(have)} languages there"
+                              + (f", {len(missing)} missing)" if len(missing) > 1 else ")"))
+        spec = list(spec)
+    elif isinstance(spec, int) and spec > len(have):
+        raise MmbertError(f"{where} = {spec}: top-k larger than the {len(have)} languages in "
+                          f"{manifest}")
+    try:
+        langs = list(select_languages(shardset, spec))
+    except MmbertError as e:
+        raise MmbertError(f"{where}: {e}") from None
+    if not langs:
+        raise MmbertError(f"{where}: selects no language from {manifest}")
+    return langs
+
+
+def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
+    """Check shards, languages, tokenizer and variant names; raise MmbertError on bad input."""
+    shards = Path(recipe.shards)
+    manifest = shards / "manifest.json"
+    if not manifest.is_file():
+        raise MmbertError(f"{recipe.source}: shards = {recipe.shards!r}: no {manifest}; expected a "
+                          f"directory written by `mmbert shard`")
+    if variant is not None and variant not in recipe.variant_names:
+        raise MmbertError(f"--variant {variant!r}: not a variant of {recipe.source}; expected one "
+                          f"of {list(recipe.variant_names)}")
+    from mmbert.data.shards import ShardSet
+
+    shardset = ShardSet(shards, split="train")
+    langs: dict[tuple[int, str | None], list[str]] = {}
+    for i, ph in enumerate(recipe.phases):
+        where = f"{recipe.source}: phases[{i}].languages"
+        if ph.variants:
+            for j, v in enumerate(ph.variants):
+                langs[(i, v.name)] = _resolve_languages(
+                    shardset, ph.variant(v.name).languages,
+                    f"{recipe.source}: phases[{i}].variants[{j}].languages", manifest)
+        else:
+            langs[(i, None)] = _resolve_languages(shardset, ph.languages, where, manifest)
+    tok = None
+    vocab = None
+    special: dict[str, int] = {}
+    if recipe.tokenizer:
+        from mmbert.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(recipe.tokenizer)
+        vocab = tok.vocab_size
+        special = dict(pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, cls_token_id=tok.bos_id,
+                       eos_token_id=tok.eos_id, sep_token_id=tok.eos_id, mask_token_id=tok.mask_id)
+    try:
+        mcfg = recipe.model_config(vocab, **special)
+    except MmbertError as e:
+        raise MmbertError(f"{recipe.source}: model: {e}") from None
+    if shardset.vocab_size > mcfg.vocab_size:
+        raise MmbertError(f"{manifest}: vocab_size {shardset.vocab_size} is larger than the "
+                          f"model's {mcfg.vocab_size}; expected shards made with the recipe's "
+                          f"tokenizer")
+    shard_fp = shardset.manifest.get("tokenizer", {}).get("fingerprint")
+    if tok is not None and shard_fp and shard_fp != tok.fingerprint():
+        raise MmbertError(f"{manifest}: shards were made with another tokenizer ({shard_fp}) "
+                          f"than {recipe.tokenizer} ({tok.fingerprint()}); expected the same")
+    return Prepared(langs, tok, vocab, special)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model / optimizer state in and out (works for plain, DDP and FSDP2 models)
+# ---------------------------------------------------------------------------------------------
+
+def load_model_weights(raw: torch.nn.Module, model_dir: Path) -> None:
+    """Copy weights from an HF directory written by us into ``raw`` (sharded or not)."""
+    from safetensors.torch import load_file
+
+    f = model_dir / "model.safetensors"
+    tensors = load_file(str(f))
+    with torch.no_grad():
+        for name, p in raw.named_parameters():
+            if name not in tensors:
+                raise MmbertError(f"{f}: tensor {name} missing")
+            src = tensors[name]
+            if is_dtensor(p):
+                p.to_local().copy_(shard_like(src, p).to_local())
+            else:
+                p.copy_(src)
+
+
+def optimizer_state(raw: torch.nn.Module, opt: torch.optim.Optimizer
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Full (gathered) optimizer moments keyed by parameter name, and JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    steps: dict[str, int] = {}
+    for name, p in raw.named_parameters():
+        st = opt.state.get(p)
+        if not st:
+            continue
+        steps[name] = int(st["step"])
+        tensors[f"{name}.exp_avg"] = full_tensor(st["exp_avg"])
+        tensors[f"{name}.exp_avg_sq"] = full_tensor(st["exp_avg_sq"])
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return tensors, {"steps": steps, "groups": groups}
+
+
+def load_optimizer_state(raw: torch.nn.Module, opt: torch.optim.Optimizer,
+                         tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    opt.state.clear()
+    for name, p in raw.named_parameters():
+        if name not in meta["steps"]:
+            continue
+        opt.state[p] = {"step": int(meta["steps"][name]),
+                        "exp_avg": shard_like(tensors[f"{name}.exp_avg"], p),
+                        "exp_avg_sq": shard_like(tensors[f"{name}.exp_avg_sq"], p)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Holds the model, optimizer and run directory; runs phases and writes checkpoints."""
+
+    def __init__(self, recipe: Recipe, prep: Prepared, run_dir: Path, env: DistEnv,
+                 log: Callable[[str], None]):
+        from mmbert.model import MaskedLM
+
+        self.recipe, self.prep, self.run_dir, self.env, self.log = recipe, prep, run_dir, env, log
+        self.autocast_dtype = resolve_precision(recipe.precision, env.device)
+        torch.manual_seed(recipe.seed)
+        random.seed(recipe.seed)
+        np.random.seed(recipe.seed % 2**32)
+        if recipe.model.init_from:
+            init = Path(recipe.model.init_from)
+            if not (init / "config.json").is_file():
+                raise MmbertError(f"{recipe.source}: model.init_from = {str(init)!r}: no "
+                                  f"config.json there; expected a MaskedLM directory")
+            self.raw = MaskedLM.from_pretrained(init)
+        else:
+            self.raw = MaskedLM(recipe.model_config(prep.vocab_size, **prep.special_ids))
+        self.raw.to(env.device)
+        self.model_config = self.raw.config
+        self.model = wrap_model(self.raw, env, recipe.distributed)
+        first = recipe.phases[0]
+        self.opt = build_optimizer(self.raw, recipe.optimizer.name, first.lr,
+                                   recipe.optimizer.betas, recipe.optimizer.eps,
+                                   first.weight_decay)
+        self.tb = None
+        self.steps_run = 0
+        self.tokens_run = 0
+        self.time_run = 0.0
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _write_model(self, path: Path) -> None:
+        if not any(is_dtensor(p) for p in self.raw.parameters()):
+            self.raw.save_pretrained(path)
+            return
+        from mmbert.model import MaskedLM
+
+        with torch.device("meta"):
+            shadow = MaskedLM(self.raw.config, init=False)
+        shadow.to_empty(device="cpu")
+        shadow.tie_weights()
+        shadow.load_state_dict(self._full_model_state, strict=False)
+        shadow.save_pretrained(path)
+
+    def save(self, root: Path, state: TrainState, loaders: dict[int, Any], *, phase_end: bool,
+             phase: PhaseConfig, variant: str | None) -> Path:
+        """Collective: every rank calls it; rank 0 writes."""
+        if any(is_dtensor(p) for p in self.raw.parameters()):
+            self._full_model_state = {k: full_tensor(v).cpu() for k, v in self.raw.state_dict().items()}
+        tensors, meta = optimizer_state(self.raw, self.opt)
+        mine = {"rng": ckpt.rng_state(),
+                "data": {str(s): ld.state_dict() for s, ld in loaders.items()}}
+        gathered = all_gather_objects(mine, self.env)
+        path = root / ckpt.step_dir_name(state.step)
+        if self.env.is_main:
+            data: dict[str, Any] = {}
+            for g in gathered:
+                data.update(g["data"])
+            trainer_state = {**state.to_dict(), "phase_end": phase_end, "phase": phase.name,
+                             "variant": variant, "world_size": self.env.world_size,
+                             "data_slots": len(data), "data": data,
+                             "tokenizer": str(self.run_dir / "tokenizer") if self.prep.tokenizer
+                             else None}
+            path = ckpt.write_checkpoint(root, state.step, write_model=self._write_model,
+                                         optim_tensors=tensors, optim_meta=meta,
+                                         trainer_state=trainer_state,
+                                         rank_states=[{"rng": g["rng"]} for g in gathered],
+                                         keep_last=self.recipe.checkpoint.keep_last)
+        self._full_model_state = None
+        barrier(self.env)
+        return path
+
+    def restore(self, c: ckpt.Checkpoint, *, rng: bool) -> TrainState:
+        """Weights and optimizer from ``c`` (and this rank's RNG when ``rng``)."""
+        load_model_weights(self.raw, c.model_dir)
+        load_optimizer_state(self.raw, self.opt, c.optim_tensors, c.optim_meta)
+        if rng:
+            if self.env.rank < len(c.rank_states) and c.trainer.get("world_size") == self.env.world_size:
+                ckpt.set_rng_state(c.rank_states[self.env.rank]["rng"])
+            else:
+                self.log(f"note: {c.path} was written by {c.trainer.get('world_size')} rank(s), "
+                         f"resuming on {self.env.world_size}: data order is kept, RNG streams "
+                         f"(dropout) are re-seeded")
+                torch.manual_seed(self.recipe.seed + 7919 * (c.trainer["step"] + self.env.rank))
+        return TrainState.from_dict(c.trainer)
+
+    def export(self, checkpoint_dir: Path, out: Path) -> Path | None:
+        if not self.env.is_main:
+            return None
+        tok = self.run_dir / "tokenizer" if self.prep.tokenizer else None
+        return export(checkpoint_dir, out, tokenizer=tok, verify=False)
+
+    # -- one phase ----------------------------------------------------------------------------
+    def make_loaders(self, phase: PhaseConfig, langs: list[str], seed: int,
+                     states: dict[str, Any] | None) -> dict[int, Any]:
+        from mmbert.data.loader import MLMLoader
+
+        W, r = self.env.world_size, self.env.rank
+        A = max_accum_steps(phase, W)
+        loaders = {}
+        if states is not None and len(states) != A * W:
+            raise MmbertError(f"resume: the checkpoint has {len(states)} data slots, this launch "
+                              f"needs {A * W} (world size x micro-batches per step); resume "
+                              f"with the same global batch and micro_batch_tokens")
+        for a in range(A):
+            slot = a * W + r
+            ld = MLMLoader(self.recipe.shards, languages=langs, tau=phase.tau,
+                           seq_len=phase.seq_len, batch_tokens=phase.micro_batch_tokens,
+                           mask_ratio=phase.mask_ratio, seed=seed, rank=slot, world_size=A * W)
+            if states is not None:
+                ld.load_state_dict(states[str(slot)])
+            loaders[slot] = ld
+        return loaders
+
+    def run_phase(self, pi: int, phase: PhaseConfig, variant: str | None, state: TrainState,
+                  data_states: dict[str, Any] | None, root: Path, metrics: "Metrics",
+                  bar: Any) -> tuple[TrainState, Path, list[float]]:
+        env, W = self.env, self.env.world_size
+        langs = self.prep.languages[(pi, variant)]
+        self.raw.set_rope_theta(phase.global_rope_theta, phase.local_rope_theta)
+        if phase.reset_optimizer and state.phase_tokens == 0:
+            self.opt.state.clear()
+        loaders = self.make_loaders(phase, langs, data_seed(self.recipe.seed, phase.name, variant),
+                                    data_states)
+        n_lang = len(langs)
+        label = phase.name + (f"/{variant}" if variant else "")
+        recent: list[float] = []
+        self.model.train()
+        amp = (torch.autocast(env.device.type, dtype=self.autocast_dtype)
+               if self.autocast_dtype is not None else nullcontext())
+        every = self.recipe.checkpoint.every_steps
+        t_last = time.perf_counter()
+        while state.phase_tokens < phase.tokens:
+            n = accum_steps(phase, state.phase_tokens, W)
+            batches = [next(loaders[a * W + env.rank]) for a in range(n)]
+            counts = torch.tensor([sum(int((b.labels != -100).sum()) for b in batches),
+                                   sum(int(b.input_ids.numel()) for b in batches)],
+                                  dtype=torch.float64)
+            all_reduce_sum(counts, env)
+            masked, step_tokens = int(counts[0]), int(counts[1])
+            factor = lr_factor(phase, state.phase_tokens + step_tokens / 2)
+            set_hparams(self.opt, phase.lr * factor, factor, phase.weight_decay)
+            lang_stats = torch.zeros(2, n_lang + 1, dtype=torch.float64)  # sums, counts; +total
+            for a, b in enumerate(batches):
+                dev = env.device
+                with grad_sync(self.model, a == n - 1), amp:
+                    out = self.model(b.input_ids.to(dev), cu_seqlens=b.cu_seqlens.to(dev),
+                                     max_seqlen=b.max_seqlen, position_ids=b.position_ids.to(dev),
+                                     labels=b.labels.to(dev))
+                    loss = out.token_loss.sum() * (W / max(masked, 1))
+                loss.backward()
+                tl = out.token_loss.detach().to("cpu", torch.float64)
+                li = b.lang_ids.reshape(-1)[out.predict_positions.to("cpu")]
+                lang_stats[0].index_add_(0, li, tl)
+                lang_stats[1].index_add_(0, li, torch.ones_like(tl))
+            max_norm = phase.grad_clip if phase.grad_clip > 0 else math.inf
+            gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
+            gnorm = float(full_tensor(gnorm)) if is_dtensor(gnorm) else float(gnorm)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            all_reduce_sum(lang_stats, env)
+            step_loss = float(lang_stats[0, :n_lang].sum() / max(masked, 1))
+            state.step += 1
+            state.phase_steps += 1
+            state.phase_tokens += step_tokens
+            state.tokens += step_tokens
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            self.steps_run += 1
+            self.tokens_run += step_tokens
+            self.time_run += dt
+            recent = (recent + [step_loss])[-10:]
+            if env.is_main:
+                per_lang = {langs[i]: round(float(lang_stats[0, i] / lang_stats[1, i]), 5)
+                            for i in range(n_lang) if lang_stats[1, i] > 0}
+                metrics.write({"step": state.step, "phase": phase.name, "variant": variant,
+                               "tokens": state.tokens, "phase_tokens": state.phase_tokens,
+                               "loss": round(step_loss, 6), "lr": phase.lr * factor,
+                               "grad_norm": round(gnorm, 6), "batch_tokens": step_tokens,
+                               "masked_tokens": masked, "micro_batches": n * W,
+                               "tokens_per_s": round(step_tokens / max(dt, 1e-9), 1),
+                               "lang_loss": per_lang})
+                if self.tb is not None:
+                    self.tb.add_scalar("loss", step_loss, state.tokens)
+                    self.tb.add_scalar("lr", phase.lr * factor, state.tokens)
+                bar.set_description(label, refresh=False)
+                bar.update(step_tokens)
+                if state.step % self.recipe.log.every_steps == 0:
+                    bar.set_postfix(step=state.step, loss=f"{step_loss:.3f}",
+                                    tok_s=f"{step_tokens / max(dt, 1e-9):.0f}", refresh=False)
+            done = state.phase_tokens >= phase.tokens
+            if state.step % every == 0 and not done:
+                self.save(root, state, loaders, phase_end=False, phase=phase, variant=variant)
+                t_last = time.perf_counter()  # checkpoint time is not training throughput
+        end_state = TrainState(state.step, state.tokens, pi + 1, 0, 0)
+        path = self.save(root, end_state, {}, phase_end=True, phase=phase, variant=variant)
+        return end_state, path, recent
+
+
+class Metrics:
+    """metrics.jsonl (rank 0): one JSON object per step, flushed per line."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():  # drop steps after the checkpoint
+            keep = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        keep.append(line)
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn last line from a kill
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+            os.replace(tmp, path)
+        elif resume_step is None and path.exists():
+            path.unlink()
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+def export(checkpoint_dir: str | Path, out: str | Path, tokenizer: str | Path | None = None, *,
+           verify: bool = True) -> Path:
+    """Write an HF directory (config.json, model.safetensors, tokenizer files) from a training
+    checkpoint (or a run directory: its newest intact checkpoint). Atomic: temp dir + rename."""
+    src = ckpt.resolve(checkpoint_dir)
+    if verify:
+        ckpt.verify(src)
+    if tokenizer is None:
+        try:
+            tokenizer = json.loads((src / "trainer.json").read_text()).get("tokenizer")
+        except (OSError, ValueError):
+            tokenizer = None
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for f in ("config.json", "model.safetensors"):
+            shutil.copyfile(src / "model" / f, tmp / f)
+        if tokenizer is not None:
+            from mmbert.tokenizer import load_tokenizer
+
+            if not Path(tokenizer).exists():
+                raise MmbertError(f"{src}: its tokenizer {tokenizer} no longer exists; pass "
+                                  f"--tokenizer")
+            load_tokenizer(tokenizer).save(tmp)
+        if out.exists():
+            old = out.with_name(f".old-{out.name}-{os.getpid()}")
+            os.replace(out, old)
+            shutil.rmtree(old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------------------------
+
+def _log_main(env: DistEnv) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        if env.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+    return log
+
+
+def _phase_result(path: Path, export_dir: Path | None, loss: list[float] | None) -> PhaseResult:
+    t = json.loads((path / "trainer.json").read_text())
+    name = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
+    return PhaseResult(name, path, export_dir if export_dir and export_dir.exists() else None,
+                       int(t["step"]), int(t["tokens"]),
+                       float(np.mean(loss)) if loss else None)
+
+
+def _phase_end_checkpoints(root: Path) -> dict[int, Path]:
+    """phase index -> phase-end checkpoint (intact ones only) under ``root``."""
+    out = {}
+    for p in ckpt.list_checkpoints(root):
+        try:
+            t = json.loads((p / "trainer.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if t.get("phase_end"):
+            try:
+                ckpt.verify(p)
+            except MmbertError:
+                continue
+            out[int(t["phase_index"]) - 1] = p
+    return out
+
+
+def pretrain(recipe: Recipe, out_dir: str | Path, resume: bool = False,
+             variant: str | None = None, *, log: Callable[[str], None] | None = None) -> RunResult:
+    """Run (or resume) the recipe into ``out_dir``; see the module docstring.
+
+    ``variant``: run only this decay variant (after the trunk). Under torchrun every rank calls
+    this; the result is complete on rank 0.
+    """
+    t_start = time.perf_counter()
+    env = init_distributed()
+    log = log or _log_main(env)
+    try:
+        return _pretrain(recipe, Path(out_dir), resume, variant, env, log, t_start)
+    finally:
+        shutdown(env)
+
+
+def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, env: DistEnv,
+              log: Callable[[str], None], t_start: float) -> RunResult:
+    from tqdm import tqdm
+
+    prep = prepare(recipe, variant)
+    trunk_root = run_dir / "checkpoints"
+    # --- run directory: fresh or resumed, and the recipe must match ---------------------------
+    if env.is_main:
+        rj = run_dir / "recipe.json"
+        if rj.exists() and not resume:
+            raise MmbertError(f"{run_dir}: already holds a run; pass --resume to continue it or "
+                              f"choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if rj.exists():
+            old = json.loads(rj.read_text(encoding="utf-8"))
+            a, b = _recipe_key(old), _recipe_key(recipe.to_dict())
+            if a != b:
+                raise MmbertError(f"--resume {run_dir}: the recipe differs from the run's "
+                                  f"recipe.json at {_first_difference(a, b)}; expected the same "
+                                  f"recipe (only shards/tokenizer paths, checkpoint and log may "
+                                  f"change)")
+        else:
+            _atomic_json(rj, recipe.to_dict())
+        if prep.tokenizer is not None:
+            tok_dir = run_dir / "tokenizer"
+            tmp = run_dir / ".tmp-tokenizer"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            prep.tokenizer.save(tmp)
+            if tok_dir.exists():
+                shutil.rmtree(tok_dir)
+            os.replace(tmp, tok_dir)
+        for root in [trunk_root] + [run_dir / "variants" / v / "checkpoints"
+                                    for v in recipe.variant_names]:
+            ckpt.clean_temp(root)
+    barrier(env)
+
+    trainer = Trainer(recipe, prep, run_dir, env, log)
+    if env.is_main:
+        dt = trainer.autocast_dtype
+        n = trainer.raw.num_parameters()
+        log(f"pretrain {recipe.name}: {n / 1e6:.2f}M parameters, "
+            f"{'bf16 autocast' if dt is not None else 'fp32'} on {env.device}, "
+            f"{env.world_size} rank(s), {recipe.distributed if env.distributed else 'single'}")
+    if recipe.log.tensorboard and env.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MmbertError(f"{recipe.source}: log.tensorboard = true needs the tensorboard "
+                              f"package; pip install 'mmbert[tensorboard]'") from None
+        trainer.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    result = RunResult(run_dir)
+    trunk = recipe.trunk
+    variants = [v for v in recipe.variant_names if variant is None or v == variant]
+    total = sum(p.tokens for p in trunk) + len(variants) * (recipe.phases[-1].tokens
+                                                             if variants else 0)
+    bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not env.is_main,
+               dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+
+    def latest(root: Path) -> ckpt.Checkpoint | None:
+        found = ckpt.find_latest_valid(root, log=log) if env.is_main else None
+        found = broadcast_object(str(found) if found else None, env)
+        return ckpt.read_checkpoint(Path(found), check=False) if found else None
+
+    # --- trunk ---------------------------------------------------------------------------------
+    state, data_states, resume_step = TrainState(), None, None
+    if resume:
+        c = latest(trunk_root)
+        if c is not None:
+            state = trainer.restore(c, rng=True)
+            data_states = c.trainer["data"] or None
+            resume_step = state.step
+            log(f"resumed from {c.path} (step {state.step}, {state.tokens:,} tokens)")
+    if env.is_main:
+        bar.update(sum(p.tokens for p in trunk[:state.phase_index]) + state.phase_tokens)
+    metrics = Metrics(run_dir / "metrics.jsonl", resume_step) if env.is_main else None
+    losses: dict[int, list[float]] = {}
+    try:
+        for pi in range(state.phase_index, len(trunk)):
+            phase = trunk[pi]
+            state, path, losses[pi] = trainer.run_phase(pi, phase, None, state, data_states,
+                                                        trunk_root, metrics, bar)
+            data_states = None
+            trainer.export(path, run_dir / "export" / phase.name)
+            barrier(env)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    ends = broadcast_object(_phase_end_checkpoints(trunk_root) if env.is_main else None, env)
+    for pi, phase in enumerate(trunk):
+        result.phases.append(_phase_result(ends[pi], run_dir / "export" / phase.name, losses.get(pi)))
+
+    # --- decay variants: each from the trunk's last phase end ----------------------------------
+    if variants:
+        branch = ckpt.read_checkpoint(ends[len(trunk) - 1], check=False)
+        pi = len(recipe.phases) - 1
+        for name in variants:
+            vdir = run_dir / "variants" / name
+            vroot = vdir / "checkpoints"
+            if env.is_main:
+                vdir.mkdir(parents=True, exist_ok=True)
+            barrier(env)
+            done = broadcast_object(_phase_end_checkpoints(vroot) if env.is_main else None, env)
+            if pi in done:  # finished earlier
+                result.variants[name] = _phase_result(done[pi], vdir / "export", None)
+                if env.is_main:
+                    bar.update(recipe.phases[-1].tokens)
+                continue
+            c = latest(vroot) if resume else None
+            if c is not None:
+                state = trainer.restore(c, rng=True)
+                data_states = c.trainer["data"] or None
+                log(f"resumed variant {name} from {c.path} (step {state.step})")
+            else:
+                state = trainer.restore(branch, rng=False)
+                data_states = None
+                torch.manual_seed(data_seed(recipe.seed, "variant", name) + env.rank)
+            if env.is_main:
+                bar.update(state.phase_tokens)
+            vm = Metrics(vdir / "metrics.jsonl", state.step if c is not None else None) \
+                if env.is_main else None
+            try:
+                phase = recipe.phases[-1].variant(name)
+                state, path, loss = trainer.run_phase(pi, phase, name, state, data_states,
+                                                      vroot, vm, bar)
+            finally:
+                if vm is not None:
+                    vm.close()
+            trainer.export(path, vdir / "export")
+            barrier(env)
+            result.variants[name] = _phase_result(path, vdir / "export", loss)
+    bar.close()
+    if trainer.tb is not None:
+        trainer.tb.close()
+    result.wall_s = time.perf_counter() - t_start
+    result.tokens_per_s = trainer.tokens_run / trainer.time_run if trainer.time_run else 0.0
+    if env.is_main:
+        log(f"done: {trainer.steps_run} steps, {trainer.tokens_run:,} tokens in "
+            f"{result.wall_s:.0f}s ({result.tokens_per_s:,.0f} tokens/s while training)")
+    return result
+
+
+def load_run_recipe(run_dir: str | Path) -> Recipe:
+    """The recipe a run was started with (RUN_DIR/recipe.json)."""
+    p = Path(run_dir) / "recipe.json"
+    if not p.is_file():
+        raise MmbertError(f"{run_dir}: no recipe.json; expected a run directory of `mmbert pretrain`")
+    return recipe_from_dict(json.loads(p.read_text(encoding="utf-8")), source=str(p))

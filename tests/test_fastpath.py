@@ -1,0 +1,139 @@
+"""Every fast path gives the reference path's outputs (no timings here: see benchmarks/).
+
+Fast paths: automatic unpadding of a padded batch, length buckets, the equal-length reshape,
+the blocked sliding window on long sequences, sparse MLM prediction (forward and gradients),
+bf16, and the useful-FLOP counter the benchmark reports.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmbert import bench
+from mmbert.config import ModelConfig
+from mmbert.model import Encoder, MaskedLM
+
+ATOL = 2e-5
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                num_attention_heads=4, local_attention=8, max_position_embeddings=512,
+                global_rope_theta=20000.0, local_rope_theta=500.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return Encoder(cfg()).eval()
+
+
+def padded(lengths, vocab=97, seed=0, left=False):
+    ids, mask = bench.padded_batch(lengths, vocab, 0, seed)
+    if left:  # move the real tokens to the right end of each row
+        ids = torch.stack([torch.roll(r, int(r.numel() - n)) for r, n in zip(ids, lengths)])
+        mask = torch.stack([torch.roll(r, int(r.numel() - n)) for r, n in zip(mask, lengths)])
+    return ids, mask
+
+
+def one_by_one(model, ids, mask):
+    """Reference: each sequence alone, no padding, no mask."""
+    out = torch.zeros(*ids.shape, model.config.hidden_size)
+    for b in range(ids.shape[0]):
+        real = mask[b].bool()
+        out[b, real] = model(ids[b, real][None]).last_hidden_state[0]
+    return out
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("left", [False, True])
+def test_padded_batch_is_unpadded_automatically(encoder, left):
+    # 3 length buckets; 150 > 4 windows takes the blocked sliding-window kernel
+    lengths = [150, 140, 37, 33, 5, 1]
+    ids, mask = padded(lengths, left=left)
+    got = encoder(ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, one_by_one(encoder, ids, mask), atol=ATOL, rtol=0)
+    assert bool((got[~mask.bool()] == 0).all())  # padding rows are zeros
+
+
+@torch.no_grad()
+def test_equal_lengths_reshape_path_equals_packed_and_unmasked(encoder):
+    ids, mask = padded([64] * 3, seed=1)
+    a = encoder(ids).last_hidden_state
+    b = encoder(ids, attention_mask=mask).last_hidden_state
+    c = encoder(ids.reshape(-1), cu_seqlens=torch.tensor([0, 64, 128, 192], dtype=torch.int32),
+                max_seqlen=64).last_hidden_state
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(a.reshape(-1, 64), c, atol=ATOL, rtol=0)
+    torch.testing.assert_close(a, one_by_one(encoder, ids, mask), atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_long_sequence_matches_transformers_dense(encoder):
+    """One 400-token sequence (50 windows): blocked local attention vs transformers' masked
+    dense attention on the same weights."""
+    from transformers import ModernBertModel
+
+    ref = ModernBertModel(bench.hf_modernbert_config(encoder.config)).eval()
+    ref.load_state_dict(encoder.state_dict())
+    ids = torch.randint(5, 97, (1, 400), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(encoder(ids).last_hidden_state,
+                               ref(input_ids=ids).last_hidden_state, atol=1e-4, rtol=0)
+
+
+def test_sparse_prediction_loss_and_grads_equal_dense():
+    torch.manual_seed(3)
+    c = cfg(num_hidden_layers=3)
+    model = MaskedLM(c)
+    batch = bench.make_train_batch(c, rows=2, row_len=96, min_doc=10, seed=0)
+    args = dict(cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen)
+    out = model(batch.ids, labels=batch.labels, **args)
+    out.loss.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(batch.ids, **args).logits  # dense: every token
+    dense = F.cross_entropy(logits, batch.labels, ignore_index=-100)
+    dense.backward()
+    torch.testing.assert_close(out.loss, dense, atol=1e-6, rtol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(sparse_grads[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
+    assert out.logits.shape == (batch.num_masked, c.vocab_size)
+
+
+@torch.no_grad()
+def test_bf16_close_to_fp32(encoder):
+    lengths = [90, 40, 7]
+    ids, mask = padded(lengths, seed=4)
+    want = encoder(ids, attention_mask=mask).last_hidden_state
+    b16 = Encoder(encoder.config, init=False)
+    b16.load_state_dict(encoder.state_dict())
+    got = b16.to(torch.bfloat16).eval()(ids, attention_mask=mask).last_hidden_state
+    assert got.dtype == torch.bfloat16
+    real = mask.bool()
+    cos = F.cosine_similarity(got[real].float(), want[real], dim=-1)
+    assert cos.min() > 0.99
+
+
+def test_flop_counter_counts_window_pairs():
+    for n, w in [(1, 4), (5, 4), (9, 4), (50, 4), (300, 64), (20, None)]:
+        i = np.arange(n)
+        brute = int(((np.abs(i[:, None] - i[None, :]) <= (w if w is not None else n))).sum())
+        assert bench.attention_pairs(n, w) == brute
+    c = cfg()
+    h, m = c.hidden_size, c.intermediate_size
+    linear = 2 * c.num_hidden_layers * (3 * h * h + h * h + 2 * h * m + m * h)
+    # one 9-token sequence: global layers 0 and 3 see 81 pairs, local ones 9 + 2*(8+7+6+5) ...
+    want = linear * 9 + 4 * h * (2 * 81 + 2 * bench.attention_pairs(9, 4))
+    assert bench.encoder_flops(c, [9]) == want
+
+
+def test_bench_packing_and_padding_keep_the_same_tokens():
+    c = cfg()
+    b = bench.make_train_batch(c, rows=3, row_len=100, min_doc=10, seed=1)
+    assert b.ids.numel() == 300 and int(b.cu_seqlens[-1]) == 300
+    ids, mask, labels = bench.pad_docs(b.docs, c.pad_token_id)
+    assert torch.equal(ids[mask.bool()], b.ids) and torch.equal(labels[mask.bool()], b.labels)
+    assert 0.2 < b.num_masked / 300 < 0.4
