@@ -26,13 +26,14 @@ def _no_shards(out):
 def test_invalid_utf8_strict_names_file_and_offset(tmp_path, capsys, demo_tokenizer):
     corpus = tmp_path / "c"
     corpus.mkdir()
-    (corpus / "fra_Latn.txt").write_bytes("Première ligne\n\nTous les êtres".encode() +
-                                          b" \xc3\x28 humains\n")
+    data = "Première ligne\n\nTous les êtres".encode() + b" \xc3\x28 humains\n"
+    (corpus / "fra_Latn.txt").write_bytes(data)
     out = tmp_path / "s"
     rc, _, err = _run(capsys, "data", "prepare", "--corpus", corpus, "--tokenizer",
                       demo_tokenizer, "--out", out, "--workers", "1")
     line = _one_error_line(err)
-    assert rc == 2 and "fra_Latn.txt" in line and "invalid UTF-8 at byte 33" in line
+    at = data.index(b"\xc3\x28")
+    assert rc == 2 and "fra_Latn.txt" in line and f"invalid UTF-8 at byte {at}" in line
     assert _no_shards(out)
     assert json.loads((out / "manifest.json").read_text())["languages"] == {}
 
@@ -42,17 +43,19 @@ def test_invalid_utf8_strict_names_file_and_offset(tmp_path, capsys, demo_tokeni
     assert rc == 0, err
     assert "replaced 1 invalid UTF-8 sequences" in stdout
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert m["replacements"] == 1 and m["languages"]["fra_Latn"]["splits"]["train"]["documents"] == 2
+    assert m["replacements"] == 1
+    assert m["languages"]["fra_Latn"]["splits"]["train"]["documents"] == 2
 
 
 def test_invalid_utf8_in_jsonl(tmp_path, capsys, demo_tokenizer):
     corpus = tmp_path / "c"
     corpus.mkdir()
-    (corpus / "a.jsonl").write_bytes(b'{"lang": "fr", "text": "bonjour"}\n'
-                                     b'{"lang": "fr", "text": "caf\xe9"}\n')
+    data = b'{"lang": "fr", "text": "bonjour"}\n{"lang": "fr", "text": "caf\xe9"}\n'
+    (corpus / "a.jsonl").write_bytes(data)
     rc, _, err = _run(capsys, "data", "prepare", "--corpus", corpus, "--tokenizer",
                       demo_tokenizer, "--out", tmp_path / "s")
-    assert rc == 2 and "a.jsonl: invalid UTF-8 at byte 64" in _one_error_line(err)
+    at = data.index(b"\xe9")
+    assert rc == 2 and f"a.jsonl: invalid UTF-8 at byte {at}" in _one_error_line(err)
 
 
 @pytest.mark.parametrize("name,content,expect", [

@@ -21,8 +21,8 @@ def test_normalize_without_text(tag, want):
 def test_script_from_text():
     assert normalize_lang("sr@ije", "Свако има право на живот") == "srp_Cyrl"
     assert normalize_lang("tir", "ኩሉ ሰብ ብሕልና ዝተዓደለ") == "tir_Ethi"
-    assert normalize_lang("cmn", "人人生而自由，在尊严和权利上一律平等。这个") == "cmn_Hans"
-    assert normalize_lang("cmn", "人人生而自由，在尊嚴和權利上一律平等。這個") == "cmn_Hant"
+    assert normalize_lang("cmn", "人人生而自由，在尊严和权利上一律平等。") == "cmn_Hans"
+    assert normalize_lang("cmn", "人人生而自由，在尊嚴和權利上一律平等。") == "cmn_Hant"
     assert normalize_lang("xyz", "plain latin words") == "xyz_Latn"
     assert detect_script("これは日本語の文です") == "Jpan"
     assert detect_script("1234 !!") is None

@@ -133,8 +133,10 @@ _SCRIPT_NAMES = [
 ]
 
 # A few very frequent characters that differ between Simplified and Traditional Chinese.
-_SIMPLIFIED = "这个们来说时会对为与学权认应当发经体无进动关开国过还种没样实现问题"
-_TRADITIONAL = "這個們來說時會對為與學權認應當發經體無進動關開國過還種沒樣實現問題"
+_SIMPLIFIED = ("这个们来说时会对为与学权认应当发经"
+               "体无进动关开国过还种没样实现问题")
+_TRADITIONAL = ("這個們來說時會對為與學權認應當發經"
+                "體無進動關開國過還種沒樣實現問題")
 
 _SCRIPT_RE = re.compile(r"^[A-Z][a-z]{3}$")
 _CODE_RE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")

@@ -60,7 +60,8 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, ratio: float, mask
             i = int(rng.choice(cand))
             labels[i] = ids[i]
             r = rng.random()
-            out[i] = (mask_id if r < m.mask_prob else
-                      int(m._allowed[rng.integers(len(m._allowed))]) if r < m.mask_prob + m.random_prob
-                      else ids[i])
+            if r < m.mask_prob:
+                out[i] = mask_id
+            elif r < m.mask_prob + m.random_prob:
+                out[i] = m._allowed[rng.integers(len(m._allowed))]
     return out, labels

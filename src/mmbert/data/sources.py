@@ -246,7 +246,8 @@ def iter_parquet(path: Path, lang: str) -> Iterator[Document]:
         ids = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
         for t, i in zip(texts, ids):
             if t:
-                yield Document(lang, nfc(t), "parquet", str(i) if i is not None else f"{path.name}:{n}")
+                doc_id = str(i) if i is not None else f"{path.name}:{n}"
+                yield Document(lang, nfc(t), "parquet", doc_id)
             n += 1
 
 
