@@ -33,3 +33,49 @@ def test_unknown_codes_are_clear_errors(bad):
     with pytest.raises(MmbertError) as e:
         normalize_lang(bad)
     assert repr(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def _write_mo(path, entries, big_endian=False):
+    """A GNU .mo file from {msgid: msgstr} (bytes), written with struct as msgfmt does."""
+    import struct
+
+    e = ">" if big_endian else "<"
+    keys = sorted(entries)
+    ids = b"".join(k + b"\0" for k in keys)
+    strs = b"".join(entries[k] + b"\0" for k in keys)
+    n = len(keys)
+    o_tab, t_tab = 28, 28 + 8 * n
+    data_start = 28 + 16 * n
+    otable, ttable, oo, to = [], [], data_start, data_start + len(ids)
+    for k in keys:
+        otable += [len(k), oo]
+        ttable += [len(entries[k]), to]
+        oo += len(k) + 1
+        to += len(entries[k]) + 1
+    magic = 0x950412DE
+    head = struct.pack(e + "7I", magic, 0, n, o_tab, t_tab, 0, 0)
+    path.write_bytes(head + struct.pack(e + f"{2 * n}I", *otable) +
+                     struct.pack(e + f"{2 * n}I", *ttable) + ids + strs)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_read_mo_context_plural_charset(tmp_path, big_endian):
+    from mmbert.data.sources import msgid_key, read_mo
+
+    entries = {
+        b"": b"Content-Type: text/plain; charset=ISO-8859-1\n",
+        b"Open": "Ouvrir".encode("latin-1"),
+        b"menu\x04File": "Fichier".encode("latin-1"),
+        b"%d file\x00%d files": "%d fichier\x00%d fichiers".encode("latin-1"),
+        b"Caf\xe9": "Caf\xe9 cr\xe8me".encode("latin-1"),
+    }
+    p = tmp_path / "x.mo"
+    _write_mo(p, entries, big_endian)
+    msgs = {(m.context, m.msgid): m.msgstr for m in read_mo(p)}
+    assert msgs == {(None, "Open"): "Ouvrir", ("menu", "File"): "Fichier",
+                    (None, "%d file"): "%d fichier", (None, "Café"): "Café crème"}
+    keys = {msgid_key(m) for m in read_mo(p)}
+    assert len(keys) == 4 and all(len(k) == 16 for k in keys)
+    p.write_bytes(b"\x00" * 40)
+    with pytest.raises(MmbertError, match="bad magic number"):
+        read_mo(p)

@@ -113,7 +113,8 @@ def _cmd_train_tokenizer(a: argparse.Namespace) -> None:
     from mmbert.tokenizer import train_tokenizer
 
     t = train_tokenizer(a.corpus, a.vocab_size, a.out, prefix_space=a.prefix_space,
-                        languages=_langs_arg(a.languages), max_chars=a.max_chars, tau=a.tau)
+                        languages=_langs_arg(a.languages), max_chars=a.max_chars, tau=a.tau,
+                        progress=True)
     print(f"{a.out}: {t!r}, trained on {t.config['languages']} languages, "
           f"{t.config['chars'] / 1e6:.1f}M characters")
 
@@ -122,7 +123,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="corpora, token shards, language sampling plans")
     dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
     dsub.required = True
-    p = dsub.add_parser("fetch-demo", help="build the UDHR + gettext demo corpus (>= 400 languages)")
+    p = dsub.add_parser("fetch-demo",
+                        help="build the UDHR + gettext demo corpus (>= 400 languages)")
     p.add_argument("--out", required=True, help="new directory for the corpus")
     p.add_argument("--gettext-cap", type=int, default=3000, help="messages per language")
     p.add_argument("--locale-dir", default="/usr/share/locale", help="gettext catalogues")
@@ -130,7 +132,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_cmd_fetch_demo)
     p = dsub.add_parser("prepare", help="tokenise a corpus into per-language uint32 shards")
-    p.add_argument("--corpus", required=True, help="fetch-demo dir, or <lang>.txt/JSONL/parquet dir")
+    p.add_argument("--corpus", required=True,
+                   help="fetch-demo dir, or a dir of <lang>.txt / *.jsonl / <lang_Script>/ parquet")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory or tokenizer.json")
     p.add_argument("--out", required=True, help="shard directory (reruns skip finished languages)")
     p.add_argument("--errors", choices=("strict", "replace"), default="strict",
@@ -142,7 +145,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_prepare)
     p = dsub.add_parser("plan", help="language probabilities and epochs for a token budget")
     p.add_argument("--shards", required=True)
-    p.add_argument("--languages", default="all", help="'all', top-k number, or comma-separated codes")
+    p.add_argument("--languages", default="all",
+                   help="'all', top-k number, or comma-separated codes")
     p.add_argument("--tau", type=float, default=0.7, help="p(lang) ∝ tokens ** tau")
     p.add_argument("--tokens", type=float, required=True, help="token budget of the phase")
     p.add_argument("--split", default="train", choices=("train", "heldout"))
@@ -456,6 +460,27 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+# === demo (lead) ==============================================================================
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from mmbert.demo import run_demo
+
+    run_demo(a.out, recipe=a.recipe, overrides=tuple(a.set), vocab_size=a.vocab_size,
+             density=a.density)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="corpus -> tokenizer -> shards -> 3-phase pretraining -> "
+                       "TIES merge -> report, on the offline demo corpus")
+    p.add_argument("--out", default="runs/demo", help="run folder (reruns resume)")
+    p.add_argument("--recipe", default="configs/demo.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override, e.g. phases.0.tokens=1M (repeatable)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="demo tokenizer size")
+    p.add_argument("--density", type=float, default=0.5, help="TIES density for the merge")
+    p.set_defaults(func=_cmd_demo)
+
+
 # ==============================================================================================
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_foundation, _add_data, _add_training, _add_merging, _add_tasks,
-                _add_inference):
+                _add_inference, _add_demo):
         add(sub)
     return parser
 

@@ -380,8 +380,13 @@ class Encoder(PreTrained):
         if init:
             self.init_weights()
 
-    def encode(self, batch: Unpadded) -> torch.Tensor:
-        """Hidden states ``[N, H]`` of the real tokens of an :class:`Unpadded` batch."""
+    def encode(self, batch: Unpadded | str | list[str], tokenizer: Any = None, *,
+               batch_size: int = 64, max_length: int = 512) -> Any:
+        """Hidden states ``[N, H]`` of the real tokens of an :class:`Unpadded` batch.
+
+        Given text(s) instead, sentence embeddings (see :meth:`_encode_texts`)."""
+        if not isinstance(batch, Unpadded):
+            return self._encode_texts(batch, tokenizer, batch_size, max_length)
         c = self.config
         x = self.embeddings(batch.input_ids)
         rope = {
@@ -402,6 +407,54 @@ class Encoder(PreTrained):
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
         return EncoderOutput(batch.repad(self.encode(batch)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any):
+        """As :meth:`PreTrained.from_pretrained`; remembers ``path`` (its tokenizer.json) for
+        ``encode(texts)``."""
+        model = super().from_pretrained(path, **kwargs)
+        model.name_or_path = str(path)
+        return model
+
+    def _encode_texts(self, texts: str | list[str], tokenizer: Any, batch_size: int,
+                      max_length: int) -> Any:
+        """L2-normalised mean-pooled embeddings (numpy float32 ``[n, H]``, ``[H]`` for one str).
+
+        Each text is ``[CLS] text [SEP]`` (cut to ``max_length``), as in fine-tuning and as the
+        saved tokenizer frames it for sentence-transformers. Batched by length: sorted, packed
+        (no padding), then put back in input order. ``tokenizer``: an mmbert Tokenizer, a path,
+        or None for the directory the model was loaded from."""
+        import numpy as np
+
+        from mmbert.tokenizer import load_tokenizer
+
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if tokenizer is None or isinstance(tokenizer, (str, Path)):
+            src = tokenizer or getattr(self, "name_or_path", None)
+            if src is None:
+                raise ValueError("encode(texts): pass tokenizer= (this Encoder was not loaded "
+                                 "with from_pretrained)")
+            tokenizer = load_tokenizer(src)
+        c = self.config
+        seqs = [[c.cls_token_id, *ids[:max_length - 2], c.sep_token_id]
+                for ids in tokenizer.encode_batch(texts)] if texts else []
+        out = np.zeros((len(seqs), c.hidden_size), dtype=np.float32)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for k in range(0, len(order), batch_size):
+                rows = order[k:k + batch_size]
+                lens = torch.tensor([len(seqs[i]) for i in rows])
+                ids = torch.tensor([t for i in rows for t in seqs[i]], dtype=torch.long)
+                cu = F.pad(torch.cumsum(lens, 0), (1, 0)).to(torch.int32)
+                h = self(ids, cu_seqlens=cu, max_seqlen=int(lens.max())).last_hidden_state
+                seg = torch.repeat_interleave(torch.arange(len(rows)), lens)
+                sums = h.float().new_zeros(len(rows), c.hidden_size).index_add_(0, seg, h.float())
+                out[rows] = F.normalize(sums / lens[:, None].float(), dim=-1).numpy()
+        self.train(was_training)
+        return out[0] if single else out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class Tokenizer:
                  config: dict | None = None) -> None:
         self.backend = backend
         self.config = dict(config or {})
+        self.source_file: Path | None = None  # the tokenizer.json it was loaded from, if any
         toks = dict(SPECIAL_TOKENS, **(special_tokens or {}))
         ids = {}
         for role, tok in toks.items():
@@ -71,7 +72,14 @@ class Tokenizer:
         return bool(self.config.get("prefix_space", False))
 
     def fingerprint(self) -> str:
-        """A short hash of the tokenizer definition (shards record which tokenizer made them)."""
+        """A short hash of the tokenizer definition (shards record which tokenizer made them):
+        of the tokenizer.json it was loaded from, else of its serialisation."""
+        if self.source_file is not None:
+            h = hashlib.sha256()
+            with open(self.source_file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()[:16]
         return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()[:16]
 
     # -- saving -------------------------------------------------------------------------------
@@ -132,7 +140,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             if isinstance(v, str):
                 special[role] = v
         config = cfg.get("mmbert") or {}
-    return Tokenizer(backend, special, config)
+    tok = Tokenizer(backend, special, config)
+    tok.source_file = f
+    return tok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +301,7 @@ def balanced_alphabet(texts: dict[str, list[str]], size: int,
 def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
                     prefix_space: bool = False, languages: Sequence[str] | None = None,
                     max_chars: int = 50_000_000, tau: float = 0.3,
-                    min_frequency: int = 2) -> Tokenizer:
+                    min_frequency: int = 2, progress: bool = False) -> Tokenizer:
     """Train a BPE tokenizer with byte fallback on a language-balanced sample of ``corpus``.
 
     Layout of the vocabulary: the five specials at Gemma's ids 0-4, the 256 byte tokens
@@ -321,7 +331,7 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 256, min_frequency=min_frequency, special_tokens=specials,
         limit_alphabet=len(alphabet), initial_alphabet=alphabet,
-        max_token_length=16, show_progress=False)
+        max_token_length=16, show_progress=progress)
     tk.train_from_iterator(texts, trainer=trainer, length=len(texts))
 
     # Rebuild the model with byte tokens at 5..260 and byte_fallback on.

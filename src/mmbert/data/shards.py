@@ -17,6 +17,7 @@ interrupted language are never visible under their final names.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -172,7 +173,7 @@ def _tokenize_language(job: _Job, batch_docs: int = 256) -> dict[str, Any]:
         ids = tok.encode_batch(buf[split])
         if split not in handles:
             handles[split] = open(files[split], "wb")
-        flat = np.fromiter((t for x in ids for t in x), dtype="<u4",
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype="<u4",
                            count=sum(len(x) for x in ids))
         handles[split].write(flat.tobytes())
         off = offsets[split]
@@ -183,8 +184,7 @@ def _tokenize_language(job: _Job, batch_docs: int = 256) -> dict[str, Any]:
     try:
         for inp in job.inputs:
             for doc in iter_input(inp, job.lang, job.errors, stats):
-                split = inp.split or ("heldout" if heldout_by_hash(doc.doc_id, doc.text,
-                                                                     job.heldout_fraction)
+                split = inp.split or ("heldout" if heldout_by_hash(doc.text, job.heldout_fraction)
                                       else "train")
                 buf[split].append(doc.text)
                 chars[split] += len(doc.text)
@@ -317,6 +317,8 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
 
     try:
         if workers == 1 or len(jobs) <= 1:
+            _WORKER_TOK.clear()
+            _WORKER_TOK[str(tokenizer)] = tok  # in this process: no second load
             for job in jobs:
                 accept(*_run_job(job))
         else:

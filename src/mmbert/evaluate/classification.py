@@ -15,6 +15,7 @@ what the embeddings already separate rather than what a fine-tune could learn.
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -70,8 +71,11 @@ def pick_domains(corpus: Corpus, n_domains: int = 6, *, min_train: int = 30,
 
 
 def domain_task(corpus: Corpus, languages: Sequence[str], *, n_domains: int = 6,
-                train_per_class: int = 100, test_per_language: int = 240,
-                seed: int = 0) -> DomainTask:
+                train_per_class: int = 100, test_per_language: int = 240, seed: int = 0,
+                train_languages: Sequence[str] = (ENGLISH,)) -> DomainTask:
+    """The task for ``languages`` (English is always a test language too). Training strings
+    come from ``train_languages`` (default English only: zero-shot cross-lingual transfer),
+    at most ``train_per_class`` per class and language."""
     msgs = _messages(corpus)
     domains = pick_domains(corpus, n_domains)
     label = {d: i for i, d in enumerate(domains)}
@@ -80,9 +84,8 @@ def domain_task(corpus: Corpus, languages: Sequence[str], *, n_domains: int = 6,
         for (d, key) in table:
             if d in label:
                 owner[key].add(d)
-    rng = np.random.default_rng(seed)
-
     def rows(lang: str, split: str, per_class: int | None, total: int | None):
+        rng = np.random.default_rng([seed, zlib.crc32(f"{lang}/{split}".encode())])
         by: dict[int, list[str]] = defaultdict(list)
         seen: set[str] = set()
         for (d, key), m in sorted(msgs.get(lang, {}).items()):
@@ -97,7 +100,8 @@ def domain_task(corpus: Corpus, languages: Sequence[str], *, n_domains: int = 6,
             out = [out[i] for i in sorted(rng.permutation(len(out))[:total])]
         return out
 
-    task = DomainTask(domains, rows(ENGLISH, "train", train_per_class, None))
+    task = DomainTask(domains, [r for l in train_languages
+                                for r in rows(l, "train", train_per_class, None)])
     for lang in [ENGLISH, *languages]:
         task.test[lang] = rows(lang, "heldout", None, test_per_language)
     return task

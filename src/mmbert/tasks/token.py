@@ -5,6 +5,8 @@ single spaces into running text and tokenised as the model saw text in pre-train
 vocabulary has no prefix-space tokens, so tokenising words one by one would give pieces the
 model never saw). Each token belongs to the first word its character span overlaps; the first
 token of each word carries the word's label, every other token gets -100 (ignored by the loss).
+A bare word-boundary piece (``▁`` alone, as before digits) spans only the space and belongs to
+no word, so the label sits on the first piece with the word's characters.
 Empty words (and words of whitespace only) get no token: their label is dropped without
 shifting the others. Words cut off by ``max_length`` are dropped too; evaluation counts them as
 wrong (``words_lost``), so truncation cannot flatter a score.

