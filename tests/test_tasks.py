@@ -234,7 +234,7 @@ def test_finetune_token(tiny_model: Path, task_files: Path, tmp_path: Path, caps
                "--max-length", "128"])
     assert rc == 0, capsys.readouterr().err
     last = json.loads((out / "finetune.json").read_text())["history"][-1]
-    assert last["eval_words_lost"] == 0
+    assert last["eval_words_lost"] <= 0.02 * last["eval_words"]  # cut by --max-length only
     assert last["eval_accuracy"] > 0.75, last  # two balanced tags: chance ~0.5
 
     from transformers import AutoModelForTokenClassification

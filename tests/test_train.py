@@ -160,6 +160,24 @@ def test_metrics_per_step_and_language(run_inproc, data):
     assert set().union(*(r["lang_loss"] for r in v)) <= {"deu_Latn", "fra_Latn"}
 
 
+def test_batch_warmup_grows_accumulation_and_reset_optimizer(data, tmp_path):
+    d = recipe_dict(data)
+    d["phases"] = d["phases"][:2]
+    d["phases"][0].update(tokens=2048, batch_warmup_tokens=1024, batch_warmup_min_tokens=256)
+    d["phases"][1].update(tokens=512, reset_optimizer=True)
+    pretrain(recipe_from_dict(d, "r.yaml"), tmp_path / "run", log=lambda m: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["batch_tokens"] for r in recs] == [256, 256, 512, 512, 512, 512]
+    assert [r["micro_batches"] for r in recs] == [1, 1, 2, 2, 2, 2]
+    from safetensors.torch import load_file
+
+    end1, end2 = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-2:]
+    meta = lambda p: json.loads((p / "optimizer.json").read_text())["steps"]  # noqa: E731
+    assert set(meta(end1).values()) == {5} and set(meta(end2).values()) == {1}  # moments reset
+    assert load_file(str(end2 / "optimizer.safetensors")).keys() == load_file(
+        str(end1 / "optimizer.safetensors")).keys()
+
+
 def test_export_cli_and_errors(run_inproc, tmp_path, capsys):
     out, res = run_inproc
     assert cli_main(["export", str(out), str(tmp_path / "hf")]) == 0

@@ -294,10 +294,15 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 
     if a.data is not None:  # score a fine-tuned classifier on a labelled file
         if a.task == "sequence":
-            from mmbert.tasks.sequence import evaluate_sequence as score
+            from mmbert.tasks.sequence import evaluate_sequence
+
+            res = evaluate_sequence(a.model, a.data, max_length=a.max_length)
         else:
-            from mmbert.tasks.token import evaluate_token as score
-        print(json.dumps(score(a.model, a.data), indent=2))
+            from mmbert.tasks.token import evaluate_token
+
+            res = evaluate_token(a.model, a.data, label_column=a.label_column,
+                                 max_length=a.max_length)
+        print(json.dumps(res, indent=2))
         return
     if a.corpus is None:
         raise MmbertError("mmbert eval: expected --corpus DIR (the demo suite) or --data FILE "
@@ -308,6 +313,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     r = evaluate_suite(a.model, a.corpus, a.out, suite=a.suite, shards_dir=a.shards,
                        baselines=names, seed=a.seed,
                        max_languages=None if a.max_languages == 0 else a.max_languages,
+                       languages=a.languages.split(",") if a.languages else None,
                        mlm_languages=a.mlm_languages, mlm_max_tokens=a.mlm_max_tokens,
                        max_gettext_strings=a.max_gettext_strings)
     for name, s in r["systems"].items():
@@ -363,6 +369,12 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                    "classifier on this labelled file")
     p.add_argument("--task", default="sequence", choices=["sequence", "token"],
                    help="with --data: the classifier's task")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="with --data: tokens per sequence (default: as fine-tuned)")
+    p.add_argument("--label-column", default="upos", help="with --data, CoNLL-U: upos, xpos, "
+                   "deprel")
+    p.add_argument("--languages", default=None, help="comma-separated evaluation languages "
+                   "(default: --max-languages spread over the size range)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export-tasks", help="write the demo evaluation tasks as fine-tuning files")

@@ -263,6 +263,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     tmp.replace(p)
 
 
+def finetuned_max_length(model_dir: str | Path, default: int = 512) -> int:
+    """The ``max_length`` a model was fine-tuned with (its finetune.json), else ``default``."""
+    f = Path(model_dir) / "finetune.json"
+    try:
+        return int(json.loads(f.read_text(encoding="utf-8"))["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def batched(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]

@@ -7,6 +7,7 @@ start (its ``head.`` weights initialise the classifier's head, the final linear 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,7 +15,8 @@ import torch
 
 from mmbert.errors import MmbertError
 from mmbert.tasks.common import (AtomicDir, TextTokenizer, accuracy, copy_tokenizer_files, fit,
-                                 length_batches, load_text_tokenizer, macro_f1, pack, write_json)
+                                 finetuned_max_length, length_batches, load_text_tokenizer,
+                                 macro_f1, pack, write_json)
 from mmbert.tasks.io import SequenceExample, read_sequence_file
 
 
@@ -76,7 +78,9 @@ def finetune_sequence(model_dir: str | Path, train_path: str | Path | None, out_
     y_dev = to_ids(dev, label2id, str(eval_path)) if dev is not None else None
     x_train = encode_examples(tt, train, max_length)
     x_dev = encode_examples(tt, dev, max_length) if dev is not None else None
-    model = SequenceClassifier.from_pretrained(model_dir, labels=labels)
+    with warnings.catch_warnings():  # "classifier not stored; initialised freshly": expected
+        warnings.simplefilter("ignore", UserWarning)
+        model = SequenceClassifier.from_pretrained(model_dir, labels=labels)
 
     def make_batches(epoch: int):
         return length_batches([len(s) for s in x_train], batch_size, shuffle=True,
@@ -106,13 +110,14 @@ def finetune_sequence(model_dir: str | Path, train_path: str | Path | None, out_
 
 
 def evaluate_sequence(model_dir: str | Path, path: str | Path, *,
-                      max_length: int = 512) -> dict[str, float]:
+                      max_length: int | None = None) -> dict[str, float]:
     """Score a fine-tuned sequence classifier on a JSONL/CSV file."""
     from mmbert.hf import read_config
     from mmbert.model import SequenceClassifier
 
     config, _ = read_config(model_dir)
     tt = load_text_tokenizer(model_dir, config)
+    max_length = max_length or finetuned_max_length(model_dir)
     model = SequenceClassifier.from_pretrained(model_dir)
     examples = read_sequence_file(path)
     gold = to_ids(examples, {l: i for i, l in enumerate(model.labels)}, str(path))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,8 @@ import torch
 
 from mmbert.errors import MmbertError
 from mmbert.tasks.common import (AtomicDir, TextTokenizer, accuracy, copy_tokenizer_files, fit,
-                                 is_bio, length_batches, load_text_tokenizer, macro_f1, pack,
+                                 is_bio, length_batches, finetuned_max_length,
+                                 load_text_tokenizer, macro_f1, pack,
                                  span_f1, write_json)
 from mmbert.tasks.io import TokenExample, read_token_file
 
@@ -161,7 +163,9 @@ def finetune_token(model_dir: str | Path, train_path: str | Path, out_dir: str |
 
     encs = [encode_words(tt, ex.words, max_length) for ex in train]
     tok_labels = [align_labels(e.word_of_token, y) for e, y in zip(encs, y_train)]
-    model = TokenClassifier.from_pretrained(model_dir, labels=labels)
+    with warnings.catch_warnings():  # "classifier not stored; initialised freshly": expected
+        warnings.simplefilter("ignore", UserWarning)
+        model = TokenClassifier.from_pretrained(model_dir, labels=labels)
 
     def make_batches(epoch: int):
         return length_batches([len(e.ids) for e in encs], batch_size, shuffle=True,
@@ -192,13 +196,14 @@ def finetune_token(model_dir: str | Path, train_path: str | Path, out_dir: str |
 
 
 def evaluate_token(model_dir: str | Path, path: str | Path, *, label_column: str = "upos",
-                   max_length: int = 512) -> dict[str, float]:
+                   max_length: int | None = None) -> dict[str, float]:
     """Score a fine-tuned token classifier on a CoNLL file (unknown labels are an error)."""
     from mmbert.hf import read_config
     from mmbert.model import TokenClassifier
 
     config, _ = read_config(model_dir)
     tt = load_text_tokenizer(model_dir, config)
+    max_length = max_length or finetuned_max_length(model_dir)
     model = TokenClassifier.from_pretrained(model_dir)
     examples = read_token_file(path, label_column)
     label2id = {l: i for i, l in enumerate(model.labels)}

@@ -16,7 +16,7 @@ batch), the same number a single process computes for the same batch.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -92,10 +92,9 @@ def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         with model.no_sync():
             yield
         return
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last only
         model.set_requires_gradient_sync(enabled)
-    with nullcontext():
-        yield
+    yield
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -164,6 +164,7 @@ class Prepared:
     tokenizer: Any | None
     vocab_size: int | None
     special_ids: dict[str, int]
+    shard_vocab_size: int = 0
 
 
 def _resolve_languages(shardset: Any, spec: Any, where: str, manifest: Path) -> list[str]:
@@ -234,7 +235,7 @@ def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
     if tok is not None and shard_fp and shard_fp != tok.fingerprint():
         raise MmbertError(f"{manifest}: shards were made with another tokenizer ({shard_fp}) "
                           f"than {recipe.tokenizer} ({tok.fingerprint()}); expected the same")
-    return Prepared(langs, tok, vocab, special)
+    return Prepared(langs, tok, vocab, special, shardset.vocab_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +311,11 @@ class Trainer:
         else:
             self.raw = MaskedLM(recipe.model_config(prep.vocab_size, **prep.special_ids))
         self.raw.to(env.device)
-        self.model_config = self.raw.config
+        if prep.shard_vocab_size > self.raw.config.vocab_size:
+            raise MmbertError(f"{recipe.source}: the model's vocab_size "
+                              f"{self.raw.config.vocab_size} is smaller than the shards' "
+                              f"{prep.shard_vocab_size}; expected the model of the tokenizer "
+                              f"that made the shards")
         self.model = wrap_model(self.raw, env, recipe.distributed)
         first = recipe.phases[0]
         self.opt = build_optimizer(self.raw, recipe.optimizer.name, first.lr,
