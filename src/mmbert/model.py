@@ -173,22 +173,49 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int,
                  theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``[N, 1, 1, head_dim]`` in fp32 (frequencies repeated for both halves),
-    broadcasting over ``[N, 2 (q, k), heads, head_dim]``."""
+    """cos/sin of the rotation angles, ``[N, 1, 1, head_dim // 2]`` in fp32, broadcasting over
+    ``[N, 2 (q, k), heads, head_dim // 2]``. Built once per forward and shared by every layer
+    of the same kind (the two halves of a head use the same angles, so half tables suffice)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32,
                                              device=position_ids.device) / head_dim))
-    freqs = position_ids.float()[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
-    return emb.cos(), emb.sin()
+    freqs = (position_ids.float()[:, None] * inv_freq[None, :])[:, None, None, :]
+    return freqs.cos(), freqs.sin()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """``(x1, x2) -> (x1 cos - s x2 sin, x2 cos + s x1 sin)`` for the halves of the last dim
+    (``s = sign``; -1 rotates back, which is the backward pass). Two fused passes over the
+    halves into one fresh tensor instead of neg + cat + 2 mul + add."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    o1, o2 = out[..., :h], out[..., h:]
+    torch.addcmul(x1 * cos, x2, sin, value=-sign, out=o1)
+    torch.addcmul(x2 * cos, x1, sin, value=sign, out=o2)
+    return out
+
+
+class _Rope(torch.autograd.Function):
+    """RoPE with a hand-written backward: the gradient is the inverse rotation, so only the
+    cos/sin tables (shared by all layers) are saved, not the rotated activations' inputs."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, -1.0), None, None
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + D/2) of ``x [N, ..., D]`` (cos/sin broadcast over the middle dims);
-    computed in fp32, returned in x's dtype."""
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+    """Rotate pairs (i, i + D/2) of ``x [N, ..., D]`` by the angles of :func:`rope_cos_sin`
+    (broadcast over the middle dims); computed in fp32, returned in x's dtype."""
+    if x.dtype == torch.float32:
+        return _Rope.apply(x, cos, sin)
+    return _Rope.apply(x.float(), cos, sin).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -322,6 +322,7 @@ class Trainer:
                                    recipe.optimizer.betas, recipe.optimizer.eps,
                                    first.weight_decay)
         self.tb = None
+        self._full_model_state: dict[str, torch.Tensor] | None = None  # FSDP2 saves only
         self.steps_run = 0
         self.tokens_run = 0
         self.time_run = 0.0
