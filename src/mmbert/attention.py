@@ -16,6 +16,12 @@ Backends, picked per call by :func:`varlen_attention`:
 * **blocked sliding window** (:func:`sliding_window_attention`) for local layers on long
   sequences: queries in blocks of ``window`` tokens attend to keys of their own and the two
   neighbouring blocks only, so cost and memory grow linearly with length instead of ``T x T``.
+* **flat chunked sliding window** (:func:`local_attention_flat`), the CPU default for local
+  layers once a sequence is longer than three windows: the same blocks, cut straight from the
+  packed ``[N, H, D]`` stream with no buckets, gathers or padding. Query block ``n`` (``window``
+  tokens) and its ``3 * window`` keys are strided views (``unfold``) of the stream, a mask keeps
+  each query inside its own sequence and window, and one SDPA call covers every block. ~2x
+  less time than dense masked buckets at 512 tokens, and linear in length.
 
 The per-batch bookkeeping (buckets, gather indices, masks) does not depend on the layer, so it
 is computed once per forward in a :class:`VarlenPlan` and shared by all layers.
@@ -37,6 +43,9 @@ except Exception:  # ImportError, or a broken CUDA build
 # below it the dense masked T x T scores are small and one SDPA call is cheaper (measured
 # crossover around 8 windows, i.e. ~512 tokens for mmBERT's 64-token half window, fp32).
 CHUNK_MIN_WINDOWS = 8
+# Local layers use :func:`local_attention_flat` once the longest sequence exceeds this many
+# windows (3 = the keys one block sees): shorter batches gain nothing from skipping work.
+FLAT_MIN_WINDOWS = 3
 
 
 def flash_available(x: torch.Tensor) -> bool:
@@ -106,6 +115,50 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return out[:, :, :T]
 
 
+def flat_block_mask(cu_seqlens: torch.Tensor, num_tokens: int, window: int) -> torch.Tensor:
+    """Boolean mask ``[nc, 1, b, 3b]`` (``b = window``, ``nc = ceil(N / b)``) for
+    :func:`local_attention_flat`: query ``r`` of block ``n`` is token ``n*b + r`` of the packed
+    stream, key ``c`` is token ``n*b - b + c``; allowed iff both are in the same sequence and
+    ``|r - (c - b)| <= window``. Query slots past the end see every key (never an empty row)."""
+    device = cu_seqlens.device
+    b = max(1, int(window))
+    N = int(num_tokens)
+    nc = -(-N // b)
+    Np = nc * b
+    cu = cu_seqlens.long()
+    seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=device), cu.diff(),
+                                  output_size=N)
+    kseg = F.pad(seg, (b, Np - N + b), value=-1).unfold(0, 3 * b, b)  # [nc, 3b]
+    qseg = F.pad(seg, (0, Np - N), value=-2).view(nc, b)
+    r = torch.arange(b, device=device)
+    c = torch.arange(3 * b, device=device)
+    near = (r[:, None] - (c[None, :] - b)).abs() <= window  # [b, 3b]
+    mask = (near[None] & (qseg[:, :, None] == kseg[:, None, :])) | (qseg == -2)[:, :, None]
+    return mask[:, None]
+
+
+def local_attention_flat(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                         mask: torch.Tensor, *, scale: float | None = None,
+                         dropout_p: float = 0.0) -> torch.Tensor:
+    """Sliding-window attention straight on the packed stream: ``[N, H, D]`` -> ``[N, H, D]``.
+
+    Blocks of ``window`` queries are a reshape of the (end-padded) stream; the ``3 * window``
+    keys of block ``n`` (blocks ``n-1, n, n+1``) are an overlapping ``unfold`` view, so nothing
+    is gathered or copied besides one pad of ``k`` and ``v``. ``mask`` comes from
+    :func:`flat_block_mask` (built once per batch, shared by all local layers). Differentiable
+    (autograd goes through ``unfold``); costs ``N * 3 * window`` scores whatever the lengths."""
+    N, H, D = q.shape
+    b = max(1, int(window))
+    nc = mask.shape[0]
+    Np = nc * b
+    qb = F.pad(q, (0, 0, 0, 0, 0, Np - N)).view(nc, b, H, D).transpose(1, 2)
+    kb = F.pad(k, (0, 0, 0, 0, b, Np - N + b)).unfold(0, 3 * b, b).transpose(-1, -2)
+    vb = F.pad(v, (0, 0, 0, 0, b, Np - N + b)).unfold(0, 3 * b, b).transpose(-1, -2)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p,
+                                         scale=scale)  # [nc, H, b, D]
+    return out.transpose(1, 2).reshape(Np, H, D)[:N]
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-batch plan: buckets of similar length, gather indices, masks
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +201,13 @@ class VarlenPlan:
     max_seqlen: int
     num_tokens: int
     _buckets: list[_Bucket] | None = None
+    _flat_masks: dict = field(default_factory=dict)  # window -> flat_block_mask
+
+    def flat_mask(self, window: int) -> torch.Tensor:
+        """:func:`flat_block_mask` for this batch (built once, shared by all local layers)."""
+        if window not in self._flat_masks:
+            self._flat_masks[window] = flat_block_mask(self.cu_seqlens, self.num_tokens, window)
+        return self._flat_masks[window]
 
     @classmethod
     def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> "VarlenPlan":
@@ -249,6 +309,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Va
         return flash_attn_varlen_func(q, k, v, plan.cu_seqlens, plan.cu_seqlens, plan.max_seqlen,
                                       plan.max_seqlen, dropout_p=dropout_p, softmax_scale=scale,
                                       causal=False, window_size=ws)
+    if window is not None and plan.max_seqlen > FLAT_MIN_WINDOWS * window:
+        return local_attention_flat(q, k, v, window, plan.flat_mask(window), scale=scale,
+                                    dropout_p=dropout_p)
     return _sdpa_varlen(q, k, v, plan, window, scale, dropout_p)
 
 

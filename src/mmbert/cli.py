@@ -363,7 +363,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-languages", type=int, default=16,
                    help="languages besides English for retrieval/classification/tagging (0 = all)")
     p.add_argument("--mlm-languages", default="all", choices=["all", "eval"])
-    p.add_argument("--mlm-max-tokens", type=int, default=1024, help="held-out tokens per language")
+    p.add_argument("--mlm-max-tokens", type=int, default=512, help="held-out tokens per language")
     p.add_argument("--max-gettext-strings", type=int, default=200)
     p.add_argument("--data", default=None, help="instead of a suite: score a fine-tuned "
                    "classifier on this labelled file")

