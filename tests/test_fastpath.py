@@ -1,8 +1,9 @@
 """Every fast path gives the reference path's outputs (no timings here: see benchmarks/).
 
 Fast paths: automatic unpadding of a padded batch, length buckets, the equal-length reshape,
-the blocked sliding window on long sequences, sparse MLM prediction (forward and gradients),
-bf16, and the useful-FLOP counter the benchmark reports.
+the flat chunked sliding window (forward and gradients), the fused RoPE with its hand-written
+backward, sparse MLM prediction (forward and gradients), bf16, and the useful-FLOP counter the
+benchmark reports.
 """
 
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmbert import attention as A
 from mmbert import bench
 from mmbert.config import ModelConfig
-from mmbert.model import Encoder, MaskedLM
+from mmbert.model import Encoder, MaskedLM, apply_rope, rope_cos_sin
 
 ATOL = 2e-5
 
@@ -137,3 +139,45 @@ def test_bench_packing_and_padding_keep_the_same_tokens():
     ids, mask, labels = bench.pad_docs(b.docs, c.pad_token_id)
     assert torch.equal(ids[mask.bool()], b.ids) and torch.equal(labels[mask.bool()], b.labels)
     assert 0.2 < b.num_masked / 300 < 0.4
+
+
+@pytest.mark.parametrize("window", [1, 5, 16])
+def test_flat_local_attention_matches_reference_with_grads(window):
+    """Packed sequences of awkward lengths (shorter than a block, not block multiples, empty)."""
+    torch.manual_seed(5)
+    lengths = [1, 7, 0, 33, 16, 90, 2]
+    cu = F.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    N = int(cu[-1])
+    q, k, v = (torch.randn(N, 3, 8, requires_grad=True) for _ in range(3))
+    plan = A.VarlenPlan.build(cu)
+    assert plan.max_seqlen > A.FLAT_MIN_WINDOWS * window  # the dispatcher picks the flat path
+    out = A.varlen_attention(q, k, v, plan, window, scale=0.3)
+    flat = A.local_attention_flat(q, k, v, window, plan.flat_mask(window), scale=0.3)
+    ref = A.reference_attention(q, k, v, cu, window, scale=0.3)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flat, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(flat, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_matches_rotate_half_formula_and_gradients():
+    torch.manual_seed(6)
+    N, D = 11, 16
+    x = torch.randn(N, 2, 3, D, dtype=torch.float64, requires_grad=True)
+    pos = torch.randint(0, 500, (N,))
+    cos, sin = (t.double() for t in rope_cos_sin(pos, D, 10000.0))
+    # the half tables hold cos/sin of pos * theta^(-2i/D) (fp32 angles)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+    ang = (pos.double()[:, None] * inv)[:, None, None, :]
+    torch.testing.assert_close(cos, ang.cos(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sin, ang.sin(), atol=1e-4, rtol=0)
+    # textbook form with the same tables: x * cos + rotate_half(x) * sin, full width
+    x1, x2 = x.chunk(2, -1)
+    want = x * torch.cat((cos, cos), -1) + torch.cat((-x2, x1), -1) * torch.cat((sin, sin), -1)
+    got = apply_rope(x, cos, sin)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+    b16 = apply_rope(x.detach().bfloat16(), cos.float(), sin.float())
+    assert b16.dtype == torch.bfloat16
+    torch.testing.assert_close(b16.double(), want.detach(), atol=0.05, rtol=0.02)

@@ -33,6 +33,18 @@ MODEL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
          "num_attention_heads": 2, "local_attention": 16, "max_position_embeddings": 256}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The 0.2M-parameter model gains nothing from a second thread, and a busy machine makes
+    two threads much slower; the subprocesses below run with OMP_NUM_THREADS=1 too."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def build_data(out: Path, corpus_docs: dict[str, list[str]]) -> dict[str, Path]:
     """corpus (<lang>.txt, blank-line separated documents) -> tokenizer (vocab 1024) -> shards."""
     from mmbert.data.shards import prepare
@@ -213,6 +225,13 @@ def test_bad_input(data, tmp_path, capsys):
     d["model"]["overrides"]["vocab_size"] = 512
     with pytest.raises(MmbertError, match="vocab_size 1024 is larger than the model's 512"):
         run(d)
+    d = recipe_dict(data)
+    d["log"] = {"tensorboard": True}
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(MmbertError, match=r"log\.tensorboard = true needs the tensorboard"):
+            run(d)
     assert not (tmp_path / "run").exists()  # nothing was started
     # the CLI: one line, exit code 2
     bad = write_recipe(tmp_path / "bad.yaml", recipe_dict(data, shards="/nonexistent"))
@@ -237,6 +256,10 @@ def test_existing_run_needs_resume_and_same_recipe(data, tmp_path):
                                           r"run, 0\.6 now"):
         pretrain(recipe_from_dict(d, "r.yaml"), tmp_path / "run", resume=True,
                  log=lambda m: None)
+    # only one decay variant
+    full = recipe_from_dict(recipe_dict(data), "r.yaml")
+    res = pretrain(full, tmp_path / "one", variant="b", log=lambda m: None)
+    assert list(res.variants) == ["b"] and not (tmp_path / "one" / "variants" / "a").exists()
     # resuming a finished run is a no-op that still reports the phase results
     res = pretrain(r, tmp_path / "run", resume=True, log=lambda m: None)
     assert res.phases[0].step == 2

@@ -12,8 +12,9 @@ What is timed (one process per workload, same machine, same weights, same dtype)
   both and not timed) on documents with lengths uniform in 32..1024 packed into 8 rows of
   1024 tokens, 30% of the tokens masked: ours packed (``cu_seqlens``) with sparse prediction;
   transformers' ``ModernBertForMaskedLM`` (default config: dense decoder) on the same documents
-  in padded micro-batches. Its 256k-vocabulary logits for a whole 8 x 1024 batch need >20 GB,
-  so it runs ``hf_docs`` documents per step and is compared per real token.
+  in padded micro-batches of ``hf_docs`` documents. Its 256k-vocabulary logits for a whole
+  8 x 1024 batch need >20 GB, so each timed run takes the next micro-batch and tokens/s is the
+  sum of real tokens over the sum of times (compared per real token).
 
 Each case: one warm-up call on a smaller input, then ``runs`` timed calls; the median counts.
 tokens/s counts real (non-padding) tokens. "Useful" FLOPs count only the matmul work real
@@ -412,24 +413,40 @@ def wl_train(ctx: Ctx) -> list[dict]:
             out.append(_case(name, label, step, warm, ctx, batch.labels.numel(), flops,
                              masked=batch.num_masked, layout="packed, sparse prediction"))
         else:
+            # padded micro-batches of hf_docs consecutive documents; timed run r takes
+            # micro-batch r, so the padding seen is a sample of the batch's, not one draw
             k = s["hf_docs"]
-            docs = batch.docs[:k]
-            tensors = [t.to(dev) for t in pad_docs(docs, cfg.pad_token_id)]
+            groups = [batch.docs[i:i + k] for i in range(0, len(batch.docs), k)]
+            groups = (groups * ctx.runs)[:ctx.runs]
+            mbs = [[t.to(dev) for t in pad_docs(g, cfg.pad_token_id)] for g in groups]
             wtensors = [t.to(dev) for t in pad_docs(warm_batch.docs[:k], cfg.pad_token_id)]
 
-            def step(m=model, t=tensors):
+            def step(m, t):
                 m.zero_grad(set_to_none=True)
                 with autocast():
                     loss = m(input_ids=t[0], attention_mask=t[1], labels=t[2]).loss
                 loss.backward()
 
-            real = [d[0].numel() for d in docs]
-            masked = sum(int((d[1] != -100).sum()) for d in docs)
+            step(model, wtensors)
+            load0 = os.getloadavg()[0]
+            times = []
+            for t in mbs:
+                t0 = time.perf_counter()
+                step(model, t)
+                _sync(dev)
+                times.append(time.perf_counter() - t0)
+            real = [d[0].numel() for g in groups for d in g]
+            masked = sum(int((d[1] != -100).sum()) for g in groups for d in g)
             flops = 3 * mlm_flops(cfg, real, masked)
-            out.append(_case(name, label, step, lambda w=wtensors: step(model, w), ctx,
-                             sum(real), flops, masked=masked,
-                             layout=f"{k} documents padded to {tensors[0].shape[1]}, dense decoder",
-                             batch=list(tensors[0].shape)))
+            total = sum(times)
+            padded = sum(t[0].numel() for t in mbs)
+            out.append(dict(
+                case=name, model=label, tokens=sum(real), seconds=total, times=times,
+                tokens_per_s=sum(real) / total, useful_flops=flops,
+                useful_flops_per_s=flops / total, loadavg=[load0, os.getloadavg()[0]],
+                masked=masked, batch=[list(t[0].shape) for t in mbs],
+                layout=f"{len(mbs)} micro-batches of {k} documents, {padded} padded tokens "
+                       f"for {sum(real)} real; dense decoder"))
         model.zero_grad(set_to_none=True)
         del model, built[label]
         gc.collect()
@@ -597,7 +614,7 @@ def render_table(results: dict) -> str:
              f"Machine: {m.get('cpu')} ({m.get('threads')} threads, {m.get('cpu_capability')}, "
              f"oneDNN bf16: {m.get('mkldnn_bf16')}), device {m.get('device')}, torch "
              f"{m.get('torch')}, transformers {m.get('transformers')}.", "",
-             "| workload | dtype | model | real tokens | median s | tokens/s | ours / this | "
+             "| workload | dtype | model | real tokens | seconds | tokens/s | ours / this | "
              "useful TFLOP/s | % of peak | load avg |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, e in sorted(results.get("entries", {}).items(),

@@ -709,7 +709,8 @@ def apply_overrides(d: dict, overrides: list[str] | tuple[str, ...], source: str
                         raise MmbertError(f"{source} {item!r}: {where}: index {idx} out of range "
                                           f"(the list has {len(node)} items)")
                 else:
-                    named = [i for i, x in enumerate(node) if isinstance(x, dict) and x.get("name") == k]
+                    named = [i for i, x in enumerate(node)
+                             if isinstance(x, dict) and x.get("name") == k]
                     if not named:
                         raise MmbertError(f"{source} {item!r}: {where}: no list item named {k!r}")
                     idx = named[0]

@@ -8,7 +8,7 @@ Steps (each skipped when its output already exists, so a rerun resumes):
 4. ``run/``       the three-phase recipe (``configs/demo.yaml``): pre-training (top-20 languages,
                   30% masking, tau 0.7), mid-training with context extension (top-60, 15%, tau 0.5,
                   RoPE theta raised), and three decay variants (5% masking) branching from the
-                  mid-training checkpoint: English-heavy (top-20), the mid-training 60, and all;
+                  mid-training checkpoint: high-resource (top-20, tau 0.7), the mid-training 60, and all;
 5. ``merged/``    the decay variants merged with TIES on top of the mid-training checkpoint;
 6. ``report.md``  + PNG plots: loss per phase, language sampling per phase, held-out MLM accuracy
                   per language at each phase end (languages seen only in the decay highlighted),

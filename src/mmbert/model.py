@@ -212,8 +212,8 @@ class _Rope(torch.autograd.Function):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (i, i + D/2) of ``x [N, ..., D]`` by the angles of :func:`rope_cos_sin`
-    (broadcast over the middle dims); computed in fp32, returned in x's dtype."""
-    if x.dtype == torch.float32:
+    (broadcast over the middle dims); computed in fp32 (fp64 stays fp64), returned in x's dtype."""
+    if x.dtype in (torch.float32, torch.float64):
         return _Rope.apply(x, cos, sin)
     return _Rope.apply(x.float(), cos, sin).to(x.dtype)
 

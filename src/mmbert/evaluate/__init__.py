@@ -33,6 +33,15 @@ def training_sizes(corpus, shards_dir: str | Path | None) -> tuple[dict[str, int
             "characters")
 
 
+def _mlm_task(system, data, languages: list[str] | None, eval_langs: list[str], seed: int,
+              max_tokens: int) -> dict[str, Any]:
+    per = mlm_accuracy_per_language(system.mlm, data, languages=languages, seed=seed,
+                                    max_tokens=max_tokens, tokenizer_dir=system.tt.source)
+    vals = [per[l] for l in eval_langs if l in per]
+    return {"per_language": per, "mean": sum(vals) / len(vals) if vals else float("nan"),
+            "mean_all": sum(per.values()) / len(per) if per else float("nan"), "chance": 0.0}
+
+
 def _languages(corpus, sizes: dict[str, int], languages: Sequence[str] | None,
                max_languages: int | None) -> list[str]:
     from mmbert.evaluate.corpus import ENGLISH, eval_languages
@@ -101,27 +110,26 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
         "systems": {}, "timing_s": {},
     }
     for s in systems:
-        ts = time.time()
         tasks: dict[str, Any] = {}
+        timing: dict[str, float] = {}
+
+        def run(name: str, fn, *args, **kwargs) -> None:
+            ts = time.time()
+            tasks[name] = fn(*args, **kwargs)
+            timing[name] = round(time.time() - ts, 2)
+
         if s.has_tokens and getattr(s, "mlm", None) is not None:
             mlm_langs = None if (mlm_languages == "all" and s is model) else [ENGLISH, *langs]
-            per = mlm_accuracy_per_language(s.mlm, data, languages=mlm_langs, seed=seed,
-                                            max_tokens=mlm_max_tokens,
-                                            tokenizer_dir=s.tt.source)
-            vals = [per[l] for l in [ENGLISH, *langs] if l in per]
-            tasks["mlm"] = {"per_language": per,
-                            "mean": sum(vals) / len(vals) if vals else float("nan"),
-                            "mean_all": sum(per.values()) / len(per) if per else float("nan"),
-                            "chance": 0.0}
-        tasks["udhr_retrieval"] = udhr_retrieval(s, corpus, langs, max_units=max_udhr_units)
-        tasks["gettext_retrieval"] = gettext_retrieval(s, corpus, langs,
-                                                       max_strings=max_gettext_strings)
-        tasks["classification"] = classification_probe(s, task, seed=seed)
+            run("mlm", _mlm_task, s, data, mlm_langs, [ENGLISH, *langs], seed, mlm_max_tokens)
+        run("udhr_retrieval", udhr_retrieval, s, corpus, langs, max_units=max_udhr_units)
+        run("gettext_retrieval", gettext_retrieval, s, corpus, langs,
+            max_strings=max_gettext_strings)
+        run("classification", classification_probe, s, task, seed=seed)
         if s.has_tokens:
-            tasks["tagging"] = tagging_probe(s, corpus, langs, train_sentences=tagging_sentences,
-                                             test_sentences=tagging_sentences, seed=seed)
+            run("tagging", tagging_probe, s, corpus, langs, train_sentences=tagging_sentences,
+                test_sentences=tagging_sentences, seed=seed)
         results["systems"][s.name] = {"description": s.description, "tasks": tasks}
-        results["timing_s"][s.name] = round(time.time() - ts, 2)
+        results["timing_s"][s.name] = {**timing, "total": round(sum(timing.values()), 2)}
     results["seconds"] = round(time.time() - t0, 2)
     return write_report(Path(out_dir), results)
 

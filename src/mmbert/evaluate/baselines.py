@@ -53,7 +53,7 @@ class MmbertSystem(System):
     has_tokens = True
 
     def __init__(self, model_dir: str | Path, *, random_init: bool = False, seed: int = 0,
-                 name: str | None = None, max_length: int = 512, batch_size: int = 64):
+                 name: str | None = None, max_length: int = 512, batch_size: int = 256):
         super().__init__()
         from mmbert.hf import read_config
         from mmbert.model import Encoder, MaskedLM

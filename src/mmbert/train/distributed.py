@@ -53,7 +53,8 @@ def init_distributed() -> DistEnv:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend=backend,
+                                device_id=device if device.type == "cuda" else None)
     return DistEnv(rank, world, local, device)
 
 
@@ -82,7 +83,8 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module under DDP (FSDP2 modifies the module in place)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 @contextmanager
@@ -98,8 +100,14 @@ def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (via the device for nccl, which only reduces GPU tensors)."""
     if env.distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if env.device.type == "cuda" and t.device.type != "cuda":
+            on_dev = t.to(env.device)
+            dist.all_reduce(on_dev, op=dist.ReduceOp.SUM)
+            t.copy_(on_dev.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

@@ -98,7 +98,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[float, 
                  weight_decay=weight_decay, update_clip=(name == "stableadamw"))
 
 
-def set_hparams(opt: torch.optim.Optimizer, lr: float, wd_scale: float, weight_decay: float) -> None:
+def set_hparams(opt: torch.optim.Optimizer, lr: float, wd_scale: float,
+                weight_decay: float) -> None:
     """Per-step LR and decay multiplier; the decay group also takes the phase's weight decay."""
     for g in opt.param_groups:
         g["lr"] = lr

@@ -345,7 +345,8 @@ class Trainer:
              phase: PhaseConfig, variant: str | None) -> Path:
         """Collective: every rank calls it; rank 0 writes."""
         if any(is_dtensor(p) for p in self.raw.parameters()):
-            self._full_model_state = {k: full_tensor(v).cpu() for k, v in self.raw.state_dict().items()}
+            self._full_model_state = {k: full_tensor(v).cpu()
+                                      for k, v in self.raw.state_dict().items()}
         tensors, meta = optimizer_state(self.raw, self.opt)
         mine = {"rng": ckpt.rng_state(),
                 "data": {str(s): ld.state_dict() for s, ld in loaders.items()}}
@@ -374,7 +375,8 @@ class Trainer:
         load_model_weights(self.raw, c.model_dir)
         load_optimizer_state(self.raw, self.opt, c.optim_tensors, c.optim_meta)
         if rng:
-            if self.env.rank < len(c.rank_states) and c.trainer.get("world_size") == self.env.world_size:
+            same_world = c.trainer.get("world_size") == self.env.world_size
+            if same_world and self.env.rank < len(c.rank_states):
                 ckpt.set_rng_state(c.rank_states[self.env.rank]["rng"])
             else:
                 self.log(f"note: {c.path} was written by {c.trainer.get('world_size')} rank(s), "
@@ -439,7 +441,7 @@ class Trainer:
             masked, step_tokens = int(counts[0]), int(counts[1])
             factor = lr_factor(phase, state.phase_tokens + step_tokens / 2)
             set_hparams(self.opt, phase.lr * factor, factor, phase.weight_decay)
-            lang_stats = torch.zeros(2, n_lang + 1, dtype=torch.float64)  # sums, counts; +total
+            lang_stats = torch.zeros(2, n_lang, dtype=torch.float64)  # loss sums, token counts
             for a, b in enumerate(batches):
                 dev = env.device
                 with grad_sync(self.model, a == n - 1), amp:
@@ -458,7 +460,7 @@ class Trainer:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             all_reduce_sum(lang_stats, env)
-            step_loss = float(lang_stats[0, :n_lang].sum() / max(masked, 1))
+            step_loss = float(lang_stats[0].sum() / max(masked, 1))
             state.step += 1
             state.phase_steps += 1
             state.phase_tokens += step_tokens
@@ -482,6 +484,7 @@ class Trainer:
                 if self.tb is not None:
                     self.tb.add_scalar("loss", step_loss, state.tokens)
                     self.tb.add_scalar("lr", phase.lr * factor, state.tokens)
+                    self.tb.add_scalars(f"lang_loss/{label}", per_lang, state.tokens)
                 bar.set_description(label, refresh=False)
                 bar.update(step_tokens)
                 if state.step % self.recipe.log.every_steps == 0:
@@ -625,6 +628,13 @@ def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, 
     from tqdm import tqdm
 
     prep = prepare(recipe, variant)
+    writer_cls = None  # TensorBoard: optional, imported lazily, checked before any work
+    if recipe.log.tensorboard and env.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter as writer_cls
+        except ImportError:
+            raise MmbertError(f"{recipe.source}: log.tensorboard = true needs the tensorboard "
+                              f"package; pip install 'mmbert[tensorboard]'") from None
     trunk_root = run_dir / "checkpoints"
     # --- run directory: fresh or resumed, and the recipe must match ---------------------------
     if env.is_main:
@@ -664,13 +674,11 @@ def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, 
         log(f"pretrain {recipe.name}: {n / 1e6:.2f}M parameters, "
             f"{'bf16 autocast' if dt is not None else 'fp32'} on {env.device}, "
             f"{env.world_size} rank(s), {recipe.distributed if env.distributed else 'single'}")
-    if recipe.log.tensorboard and env.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MmbertError(f"{recipe.source}: log.tensorboard = true needs the tensorboard "
-                              f"package; pip install 'mmbert[tensorboard]'") from None
-        trainer.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if dt is not None and env.device.type == "cpu" and not cpu_has_fast_bf16():
+            log("warning: precision bf16 on a CPU without AMX/AVX512-BF16: bf16 matmuls are "
+                "emulated there and much slower than fp32 (precision: auto picks fp32)")
+    if writer_cls is not None:
+        trainer.tb = writer_cls(str(run_dir / "tensorboard"))
 
     result = RunResult(run_dir)
     trunk = recipe.trunk
@@ -711,7 +719,8 @@ def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, 
             metrics.close()
     ends = broadcast_object(_phase_end_checkpoints(trunk_root) if env.is_main else None, env)
     for pi, phase in enumerate(trunk):
-        result.phases.append(_phase_result(ends[pi], run_dir / "export" / phase.name, losses.get(pi)))
+        result.phases.append(_phase_result(ends[pi], run_dir / "export" / phase.name,
+                                           losses.get(pi)))
 
     # --- decay variants: each from the trunk's last phase end ----------------------------------
     if variants:
@@ -767,5 +776,6 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
     """The recipe a run was started with (RUN_DIR/recipe.json)."""
     p = Path(run_dir) / "recipe.json"
     if not p.is_file():
-        raise MmbertError(f"{run_dir}: no recipe.json; expected a run directory of `mmbert pretrain`")
+        raise MmbertError(f"{run_dir}: no recipe.json; expected a run directory of "
+                          f"`mmbert pretrain`")
     return recipe_from_dict(json.loads(p.read_text(encoding="utf-8")), source=str(p))
