@@ -28,7 +28,7 @@ from typing import Any, Callable
 from mmbert.errors import MmbertError
 
 DEMO_VOCAB = 8192
-EVAL_TOKENS_PER_LANG = 1024  # held-out tokens scored per language and model (fixed seed)
+EVAL_TOKENS_PER_LANG = 512  # held-out tokens scored per language and model (fixed seed)
 TIERS = ("phase 1", "added in phase 2", "decay only")
 
 
