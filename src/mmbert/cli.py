@@ -315,7 +315,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
                        max_languages=None if a.max_languages == 0 else a.max_languages,
                        languages=a.languages.split(",") if a.languages else None,
                        mlm_languages=a.mlm_languages, mlm_max_tokens=a.mlm_max_tokens,
-                       max_gettext_strings=a.max_gettext_strings)
+                       max_gettext_strings=a.max_gettext_strings, tokenizer=a.tokenizer)
     for name, s in r["systems"].items():
         print(f"{name}: " + ", ".join(f"{t} {v['mean']:.3f}" for t, v in s["tasks"].items()
                                       if v.get("mean") is not None))
@@ -373,6 +373,8 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                    help="with --data: tokens per sequence (default: as fine-tuned)")
     p.add_argument("--label-column", default="upos", help="with --data, CoNLL-U: upos, xpos, "
                    "deprel")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json or its directory, when "
+                   "MODEL has none (a training checkpoint's model/)")
     p.add_argument("--languages", default=None, help="comma-separated evaluation languages "
                    "(default: --max-languages spread over the size range)")
     p.set_defaults(func=_cmd_eval)

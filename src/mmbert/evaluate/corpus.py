@@ -135,14 +135,17 @@ def gettext_pairs(corpus: Corpus, lang: str, split: str = "heldout",
     return out
 
 
-_CACHE: dict[Path, dict] = {}
+_CACHE: dict[tuple, dict] = {}
 
 
 def _messages(corpus: Corpus) -> dict[str, dict[tuple[str, str], Message]]:
-    if corpus.root not in _CACHE:
+    """gettext_messages, cached for the last corpus (keyed by path and file mtime)."""
+    f = corpus.root / "parallel" / "gettext.jsonl"
+    key = (corpus.root.resolve(), f.stat().st_mtime_ns if f.is_file() else 0)
+    if key not in _CACHE:
         _CACHE.clear()
-        _CACHE[corpus.root] = gettext_messages(corpus)
-    return _CACHE[corpus.root]
+        _CACHE[key] = gettext_messages(corpus)
+    return _CACHE[key]
 
 
 def eval_languages(corpus: Corpus, sizes: dict[str, int], max_languages: int | None,

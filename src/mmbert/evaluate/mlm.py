@@ -107,9 +107,10 @@ def check_shards_tokenizer(shards: str | Path, config, tokenizer_dir: str | Path
         raise MmbertError(f"{shards}: shards use a {n}-token vocabulary but the model's "
                           f"vocab_size is {config.vocab_size}; expected shards made with the "
                           "model's tokenizer")
-    if tokenizer_dir is None:
-        return
-    tt = load_text_tokenizer(tokenizer_dir, config)
+    t = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    if t is None or not (t.is_file() or (t / "tokenizer.json").is_file()):
+        return  # shards are already tokenised: a bare checkpoint without tokenizer is fine
+    tt = load_text_tokenizer(t, config)
     if isinstance(n, int) and n != tt.vocab_size:
         raise MmbertError(f"{shards}: shards were made with a {n}-token tokenizer but the model's "
                           f"tokenizer ({tt.source}) has {tt.vocab_size}; expected the same "
