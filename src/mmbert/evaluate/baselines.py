@@ -80,7 +80,8 @@ class MmbertSystem(System):
                 self.mlm = None
             self.name = name or "model"
             self.description = str(model_dir)
-        self.encoder = self.mlm.model if self.mlm is not None else Encoder.from_pretrained(model_dir)
+        self.encoder = (self.mlm.model if self.mlm is not None
+                        else Encoder.from_pretrained(model_dir))
         self.encoder.eval()
 
     def _embed(self, texts: list[str]) -> np.ndarray:

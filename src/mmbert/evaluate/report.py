@@ -82,7 +82,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"(MLM on {len(systems[names[0]]['tasks'].get('mlm', {}).get('per_language', {}))} "
              f"languages). Time: {results.get('seconds', 0):.0f} s.", "",
              "## Summary (mean over languages)", "",
-             "| task | chance | " + " | ".join(names) + " |",
+             "| task | chance / majority | " + " | ".join(names) + " |",
              "|---|---|" + "---|" * len(names)]
     for t in tasks:
         chance = next((s["tasks"][t].get("chance") for s in systems.values() if t in s["tasks"]),
@@ -139,7 +139,7 @@ def bar_plot(path: Path, task: str, results: dict[str, Any]) -> bool:
              if any(_score(r, l) is not None for r in systems.values())]
     if not langs:
         return False
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(langs) * max(1, len(systems))), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.3 * len(langs) * len(systems))), 3.8))
     w = 0.8 / len(systems)
     x = np.arange(len(langs))
     for i, (name, r) in enumerate(systems.items()):
@@ -148,7 +148,8 @@ def bar_plot(path: Path, task: str, results: dict[str, Any]) -> bool:
     chance = next((r.get("chance") for r in systems.values() if r.get("chance") is not None),
                   None)
     if chance:
-        ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        ax.axhline(chance, color="grey", ls="--", lw=1,
+                   label="chance (1/n)" if "retrieval" in task else "majority class")
     ax.set_xticks(x)
     ax.set_xticklabels(langs, rotation=60, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
@@ -181,7 +182,7 @@ def world_plot(path: Path, results: dict[str, Any], system: str = "model") -> bo
     k = max(3, len(pts) // 15)
     med = [np.median(a[max(0, i - k // 2): i + k // 2 + 1]) for i in range(len(a))]
     ax.plot(t, med, color="C1", lw=2, label=f"running median ({k} languages)")
-    for tt, aa, l in pts[-3:] + pts[:2]:
+    for tt, aa, l in sorted(pts, key=lambda p: -p[1])[:3]:  # the best-scored languages
         ax.annotate(l, (tt, aa), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(f"training {results.get('token_unit', 'tokens')} per language (log)")

@@ -96,7 +96,8 @@ def load_text_tokenizer(model_dir: str | Path, config: ModelConfig,
                          str(f))
 
 
-def copy_tokenizer_files(src: str | Path, dst: str | Path, tt: "TextTokenizer | None" = None) -> None:
+def copy_tokenizer_files(src: str | Path, dst: str | Path,
+                         tt: "TextTokenizer | None" = None) -> None:
     """Copy the tokenizer files (those present) so the output loads with AutoTokenizer.
 
     With ``tt``, the copied tokenizer.json is made to frame text exactly as fine-tuning did

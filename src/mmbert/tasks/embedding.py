@@ -71,7 +71,8 @@ def write_sentence_transformers_files(d: Path, hidden_size: int, max_seq_length:
     the root (the classic layout: sentence-transformers 2.x through 6.x load it)."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize",
          "type": "sentence_transformers.models.Normalize"},
     ]
@@ -127,7 +128,8 @@ def finetune_embedding(model_dir: str | Path, train_path: str | Path | None, out
     encoder = Encoder.from_pretrained(model_dir)
 
     def make_batches(epoch: int):
-        return [b for b in random_batches(len(train), batch_size, seed * 1000 + epoch) if len(b) > 1]
+        batches = random_batches(len(train), batch_size, seed * 1000 + epoch)
+        return [b for b in batches if len(b) > 1]
 
     def loss_fn(m, b):
         p = pack([xa[i] for i in b] + [xp[i] for i in b])

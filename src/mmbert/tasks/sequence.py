@@ -24,7 +24,7 @@ def encode_examples(tt: TextTokenizer, examples: Sequence[SequenceExample],
                     max_length: int) -> list[list[int]]:
     a = tt.ids_batch([ex.text for ex in examples])
     pairs = [ex.text_pair for ex in examples]
-    b = tt.ids_batch([p for p in pairs if p is not None]) if any(p is not None for p in pairs) else []
+    b = tt.ids_batch([p for p in pairs if p is not None])
     it = iter(b)
     return [tt.frame(x, next(it) if p is not None else None, max_length) for x, p in zip(a, pairs)]
 

@@ -91,7 +91,8 @@ def align_labels(word_of_token: Sequence[int], word_labels: Sequence[int]) -> li
 # Data, prediction, metrics
 # ---------------------------------------------------------------------------------------------
 
-def label_ids(examples: list[TokenExample], label2id: dict[str, int], source: str) -> list[list[int]]:
+def label_ids(examples: list[TokenExample], label2id: dict[str, int],
+              source: str) -> list[list[int]]:
     out = []
     for ex in examples:
         try:
@@ -122,7 +123,8 @@ def predict_words(model, tt: TextTokenizer, examples: Sequence[TokenExample], *,
     return preds
 
 
-def token_metrics(pred: list[list[int]], gold: list[list[int]], labels: list[str]) -> dict[str, float]:
+def token_metrics(pred: list[list[int]], gold: list[list[int]],
+                  labels: list[str]) -> dict[str, float]:
     """Word accuracy and macro-F1 (lost words count as wrong), entity F1 for BIO tag sets."""
     p = [x for s in pred for x in s]
     g = [x for s in gold for x in s]
@@ -153,7 +155,8 @@ def finetune_token(model_dir: str | Path, train_path: str | Path, out_dir: str |
 
     config, _ = read_config(model_dir)
     tt = load_text_tokenizer(model_dir, config, tokenizer)
-    train = train_examples if train_examples is not None else read_token_file(train_path, label_column)
+    train = (train_examples if train_examples is not None
+             else read_token_file(train_path, label_column))
     dev = eval_examples if eval_examples is not None else (
         read_token_file(eval_path, label_column) if eval_path else None)
     labels = sorted({l for ex in train for l in ex.labels})
