@@ -407,13 +407,13 @@ class Encoder(PreTrained):
         if init:
             self.init_weights()
 
-    def encode(self, batch: Unpadded | str | list[str], tokenizer: Any = None, *,
+    def encode(self, texts: str | list[str], tokenizer: Any = None, *,
                batch_size: int = 64, max_length: int = 512) -> Any:
-        """Hidden states ``[N, H]`` of the real tokens of an :class:`Unpadded` batch.
+        """Sentence embeddings of text(s), L2-normalised (see :meth:`_encode_texts`)."""
+        return self._encode_texts(texts, tokenizer, batch_size, max_length)
 
-        Given text(s) instead, sentence embeddings (see :meth:`_encode_texts`)."""
-        if not isinstance(batch, Unpadded):
-            return self._encode_texts(batch, tokenizer, batch_size, max_length)
+    def hidden_states(self, batch: Unpadded) -> torch.Tensor:
+        """Hidden states ``[N, H]`` of the real tokens of an :class:`Unpadded` batch."""
         c = self.config
         x = self.embeddings(batch.input_ids)
         rope = {
@@ -433,7 +433,7 @@ class Encoder(PreTrained):
                 position_ids: torch.Tensor | None = None) -> EncoderOutput:
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
-        return EncoderOutput(batch.repad(self.encode(batch)))
+        return EncoderOutput(batch.repad(self.hidden_states(batch)))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any):
@@ -523,7 +523,7 @@ class MaskedLM(PreTrained):
             raise ValueError("pass labels or predict_positions, not both")
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
-        hidden = self.model.encode(batch)
+        hidden = self.model.hidden_states(batch)
         if labels is None and predict_positions is None:  # full logits, padding left at 0
             return MaskedLMOutput(None, batch.repad(self.decoder(self.head(hidden))))
 
@@ -605,7 +605,7 @@ class SequenceClassifier(_Classifier):
                 labels: torch.Tensor | None = None) -> ClassifierOutput:
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
-        pooled = self.pool(self.model.encode(batch), batch)
+        pooled = self.pool(self.model.hidden_states(batch), batch)
         logits = self.classifier(self.drop(self.head(pooled)))
         return ClassifierOutput(self.loss(logits, labels) if labels is not None else None, logits)
 
@@ -639,7 +639,7 @@ class TokenClassifier(_Classifier):
                 labels: torch.Tensor | None = None) -> ClassifierOutput:
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
-        logits = batch.repad(self.classifier(self.drop(self.head(self.model.encode(batch)))))
+        logits = batch.repad(self.classifier(self.drop(self.head(self.model.hidden_states(batch)))))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1),
@@ -669,7 +669,7 @@ class SentenceEmbedder(PreTrained):
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
-        hidden = self.model.encode(batch)
+        hidden = self.model.hidden_states(batch)
         cu = batch.cu_seqlens.long()
         sums = hidden.float().new_zeros(cu.numel() - 1, hidden.shape[-1])
         sums.index_add_(0, batch.segment_ids(), hidden.float())
