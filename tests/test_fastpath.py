@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmbert import attention as A
 from mmbert import bench
 from mmbert.config import ModelConfig
-from mmbert.model import Encoder, MaskedLM, apply_rope, rope_cos_sin
+from mmbert.model import Encoder, MaskedLM, apply_rope, rope_cos_sin, rope_qkv
 
 ATOL = 2e-5
 
@@ -178,6 +178,35 @@ def test_rope_matches_rotate_half_formula_and_gradients():
     got = apply_rope(x, cos, sin)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+    # the fused q/k/v form (training): same values, gradient of the whole projection
+    qkv = torch.randn(N, 3, 3, D, dtype=torch.float64, requires_grad=True)
+    q, k, v = rope_qkv(qkv, cos, sin)
+    torch.testing.assert_close(torch.stack((q, k), 1), apply_rope(qkv[:, :2], cos, sin))
+    assert v.data_ptr() != qkv.data_ptr() and torch.equal(v, qkv[:, 2])
+    assert torch.autograd.gradcheck(lambda t: torch.stack(rope_qkv(t, cos, sin), 1), (qkv,))
     b16 = apply_rope(x.detach().bfloat16(), cos.float(), sin.float())
     assert b16.dtype == torch.bfloat16
     torch.testing.assert_close(b16.double(), want.detach(), atol=0.05, rtol=0.02)
+
+
+def test_cross_entropy_rows_matches_torch():
+    from mmbert.model import cross_entropy_rows
+
+    torch.manual_seed(7)
+    z = (torch.randn(600, 50, dtype=torch.float64) * 4).requires_grad_()  # > 2 row chunks
+    y = torch.randint(0, 50, (600,))
+    g = torch.rand(600, dtype=torch.float64)
+    got = cross_entropy_rows(z, y)
+    want = F.cross_entropy(z, y, reduction="none")
+    torch.testing.assert_close(got, want.float(), atol=1e-6, rtol=1e-6)
+    ga, = torch.autograd.grad(got, z, g.float())
+    gb, = torch.autograd.grad(want, z, g)
+    torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-6)
+    zb = z.detach().bfloat16().requires_grad_()  # bf16 logits: fp32 math, bf16 gradient
+    lb = cross_entropy_rows(zb, y)
+    assert lb.dtype == torch.float32
+    torch.testing.assert_close(lb, F.cross_entropy(zb.float(), y, reduction="none"))
+    lb.sum().backward()
+    assert zb.grad.dtype == torch.bfloat16
+    empty = torch.zeros(0, 50, requires_grad=True)
+    assert cross_entropy_rows(empty, y[:0]).shape == (0,)

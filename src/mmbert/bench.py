@@ -12,13 +12,14 @@ What is timed (one process per workload, same machine, same weights, same dtype)
   both and not timed) on documents with lengths uniform in 32..1024 packed into 8 rows of
   1024 tokens, 30% of the tokens masked: ours packed (``cu_seqlens``) with sparse prediction;
   transformers' ``ModernBertForMaskedLM`` (default config: dense decoder) on the same documents
-  in padded micro-batches of ``hf_docs`` documents. Its 256k-vocabulary logits for a whole
-  8 x 1024 batch need >20 GB, so each timed run takes the next micro-batch and tokens/s is the
-  sum of real tokens over the sum of times (compared per real token).
+  in padded micro-batches of ``hf_docs`` documents (its 256k-vocabulary logits for a whole
+  8 x 1024 batch would need >20 GB); timed run ``r`` takes micro-batch ``r``, compared per
+  real token.
 
-Each case: one warm-up call on a smaller input, then ``runs`` timed calls; the median counts.
-tokens/s counts real (non-padding) tokens. "Useful" FLOPs count only the matmul work real
-tokens need (linear layers on real tokens, attention only inside each sequence and window,
+Each case: one warm-up call on a smaller input, then ``runs`` timed calls, interleaved with the
+other models' (round r times run r of every model), so all see the same moments of a shared
+CPU; the median counts. tokens/s counts real (non-padding) tokens. "Useful" FLOPs count only
+the matmul work real tokens need (linear layers on real tokens, attention only inside each sequence and window,
 the MLM decoder only at masked positions, x3 for forward+backward). The fraction of peak divides
 each run's useful FLOP/s by the local matmul peak: square 2048^3 matmuls (best of 3) timed in
 the same process right before and after that run, averaged (the median over runs is reported).
@@ -34,7 +35,6 @@ invocations combine); every invocation re-renders ``OUT/results.md`` and ``OUT/b
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -306,7 +306,7 @@ def pad_docs(docs: list[tuple[torch.Tensor, torch.Tensor]],
 
 
 # ---------------------------------------------------------------------------------------------
-# Workloads
+# Workloads: cases timed in interleaved rounds
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -326,94 +326,119 @@ class Ctx:
         return self.peaks[-1]
 
 
-def timed_runs(ctx: Ctx, calls: list[Callable[[], Any]], flops: list[float],
-               warm: Callable[[], Any]) -> tuple[list[float], list[float]]:
-    """Warm up, then time each call; a peak sample is taken before the first call and after
-    every call. Returns the times and, per call, the fraction of the *local* peak (the mean of
-    the samples on either side): on a shared CPU this cancels slow changes in contention, which
-    a single peak measured at another moment would not."""
-    warm()
-    _sync(ctx.device)
-    before = ctx.measure_peak()
-    times, fractions = [], []
-    for fn, f in zip(calls, flops):
-        t = time.perf_counter()
-        fn()
-        _sync(ctx.device)
-        times.append(time.perf_counter() - t)
-        after = ctx.measure_peak()
-        fractions.append(f / times[-1] / (0.5 * (before + after)))
-        before = after
-    return times, fractions
+@dataclass
+class Case:
+    """One model on one workload. ``calls[r]`` is timed run ``r`` (real ``tokens[r]``, useful
+    ``flops[r]``); ``warm`` is the untimed warm-up call."""
+
+    name: str
+    model: str
+    calls: list[Callable[[], Any]]
+    tokens: list[int]
+    flops: list[float]
+    warm: Callable[[], Any]
+    extra: dict = field(default_factory=dict)
 
 
 def _loadavg() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def _case(name: str, model: str, fn, warm, ctx: Ctx, tokens: int, flops: float,
-          **extra: Any) -> dict:
-    load0 = _loadavg()
-    times, fractions = timed_runs(ctx, [fn] * ctx.runs, [flops] * ctx.runs, warm)
-    med = statistics.median(times)
-    return dict(case=name, model=model, tokens=tokens, seconds=med, times=times,
-                tokens_per_s=tokens / med, useful_flops=flops, useful_flops_per_s=flops / med,
-                peak_fraction=statistics.median(fractions), peak_fractions=fractions,
-                loadavg=[load0, _loadavg()], **extra)
+def run_cases(ctx: Ctx, cases: list[Case]) -> list[dict]:
+    """Warm every case up, then time them in rounds (run r of every case, then run r + 1 ...),
+    so that models compared with each other see the same moments of a shared machine. A matmul
+    peak sample is taken before the first run and after every run; each run's fraction of peak
+    uses the mean of the samples on either side of it (the local peak)."""
+    for c in cases:
+        c.warm()
+    _sync(ctx.device)
+    times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    fractions: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    loads: dict[int, list[float | None]] = {i: [] for i in range(len(cases))}
+    before = ctx.measure_peak()
+    for r in range(max(len(c.calls) for c in cases)):
+        for i, c in enumerate(cases):
+            if r >= len(c.calls):
+                continue
+            loads[i].append(_loadavg())
+            t = time.perf_counter()
+            c.calls[r]()
+            _sync(ctx.device)
+            times[i].append(time.perf_counter() - t)
+            after = ctx.measure_peak()
+            fractions[i].append(c.flops[r] / times[i][-1] / (0.5 * (before + after)))
+            before = after
+    out = []
+    for i, c in enumerate(cases):
+        # the run with the median tokens/s (the upper one for an even count) is reported
+        rates = [n / t for n, t in zip(c.tokens, times[i])]
+        sel = sorted(range(len(rates)), key=rates.__getitem__)[len(rates) // 2]
+        t = times[i][sel]
+        out.append(dict(case=c.name, model=c.model, tokens=c.tokens[sel], seconds=t,
+                        times=times[i], tokens_per_s=c.tokens[sel] / t,
+                        useful_flops=c.flops[sel], useful_flops_per_s=c.flops[sel] / t,
+                        peak_fraction=statistics.median(fractions[i]),
+                        peak_fractions=fractions[i], loadavg=loads[i], **c.extra))
+    return out
 
 
 def _inference_cases(ctx: Ctx, name: str, lengths: list[int], warm_lengths: list[int],
-                     models: tuple[str, ...]) -> list[dict]:
+                     models: tuple[str, ...], built: dict[str, torch.nn.Module]) -> list[Case]:
     cfg, dev = ctx.cfg, ctx.device
-    built = build_models(cfg, models, mlm=False, dtype=ctx.dtype, device=dev, seed=ctx.seed)
-    xcfg = built["hf-xlmr"].config if "hf-xlmr" in built else None
-    out = []
+    cases = []
     for label in models:
         if label not in built:
             continue
         model = built[label]
         if label == "hf-xlmr":
+            xcfg = model.config
             vocab, pad, flops = xcfg.vocab_size, xcfg.pad_token_id, xlmr_flops(xcfg, lengths)
         else:
             vocab, pad, flops = cfg.vocab_size, cfg.pad_token_id, encoder_flops(cfg, lengths)
         ids, mask = (t.to(dev) for t in padded_batch(lengths, vocab, pad, ctx.seed))
         wids, wmask = (t.to(dev) for t in padded_batch(warm_lengths, vocab, pad, ctx.seed + 1))
-        if label == "mmbert":  # the ordinary padded call: unpadding happens inside
-            fn = lambda m=model, i=ids, a=mask: m(i, attention_mask=a)  # noqa: E731
-            warm = lambda m=model, i=wids, a=wmask: m(i, attention_mask=a)  # noqa: E731
-        else:
-            fn = lambda m=model, i=ids, a=mask: m(input_ids=i, attention_mask=a)  # noqa: E731
-            warm = lambda m=model, i=wids, a=wmask: m(input_ids=i, attention_mask=a)  # noqa: E731
-        with torch.inference_mode():
-            out.append(_case(name, label, fn, warm, ctx, sum(lengths), flops,
-                             batch=list(ids.shape)))
-        del model, built[label]
-        gc.collect()
-    return out
+
+        def call(m=model, i=ids, a=mask, ours=label == "mmbert"):
+            with torch.inference_mode():  # ours: the ordinary padded call, unpadding inside
+                return m(i, attention_mask=a) if ours else m(input_ids=i, attention_mask=a)
+
+        cases.append(Case(name, label, [call] * ctx.runs, [sum(lengths)] * ctx.runs,
+                          [flops] * ctx.runs, lambda c=call, i=wids, a=wmask: c(i=i, a=a),
+                          dict(batch=list(ids.shape))))
+    return cases
+
+
+def _inference_models(ctx: Ctx, models: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    return build_models(ctx.cfg, models, mlm=False, dtype=ctx.dtype, device=ctx.device,
+                        seed=ctx.seed)
 
 
 def wl_fixed(ctx: Ctx) -> list[dict]:
     B, T = ctx.sizes["fixed"]
-    return _inference_cases(ctx, f"fixed {B}x{T}", [T] * B, [T] * max(1, B // 4), ctx.models)
+    built = _inference_models(ctx, ctx.models)
+    return run_cases(ctx, _inference_cases(ctx, f"fixed {B}x{T}", [T] * B,
+                                           [T] * max(1, B // 4), ctx.models, built))
 
 
 def wl_mixed(ctx: Ctx) -> list[dict]:
     n, lo, hi = ctx.sizes["mixed"]
     lengths = mixed_lengths(n, lo, hi, ctx.seed)
     warm = mixed_lengths(max(1, n // 4), lo, hi, ctx.seed + 1)
-    return _inference_cases(ctx, f"mixed {n}x[{lo},{hi}]", lengths, warm, ctx.models)
+    built = _inference_models(ctx, ctx.models)
+    return run_cases(ctx, _inference_cases(ctx, f"mixed {n}x[{lo},{hi}]", lengths, warm,
+                                           ctx.models, built))
 
 
 def wl_long(ctx: Ctx) -> list[dict]:
     T = ctx.sizes["long"]
     B, T0 = ctx.sizes["fixed"]
     models = tuple(m for m in ctx.models if m != "hf-xlmr")  # XLM-R has 514 positions
-    out = _inference_cases(ctx, f"long 1x{T}", [T], [max(T // 4, 1)], models)
-    if "mmbert" in models:  # per-token reference at the fixed length, same process
-        ref = _inference_cases(ctx, f"long-ref {B}x{T0}", [T0] * B, [T0] * max(1, B // 4),
-                               ("mmbert",))
-        out += ref
-    return out
+    built = _inference_models(ctx, models)
+    cases = _inference_cases(ctx, f"long 1x{T}", [T], [max(T // 4, 1)], models, built)
+    if "mmbert" in models:  # per-token reference at the fixed length, same rounds
+        cases += _inference_cases(ctx, f"long-ref {B}x{T0}", [T0] * B, [T0] * max(1, B // 4),
+                                  ("mmbert",), built)
+    return run_cases(ctx, cases)
 
 
 def wl_train(ctx: Ctx) -> list[dict]:
@@ -424,65 +449,54 @@ def wl_train(ctx: Ctx) -> list[dict]:
     built = build_models(cfg, models, mlm=True, dtype=torch.float32, device=dev, seed=ctx.seed)
     amp = ctx.dtype != torch.float32  # bf16 training: fp32 master weights + autocast
     name = f"train {s['train_rows']}x{s['train_len']}"
-    out = []
 
     def autocast():
         return torch.autocast(dev.type, dtype=ctx.dtype, enabled=amp)
 
+    def ours_step(m, b: TrainBatch):
+        m.zero_grad(set_to_none=True)
+        with autocast():
+            loss = m(b.ids.to(dev), cu_seqlens=b.cu_seqlens.to(dev), max_seqlen=b.max_seqlen,
+                     labels=b.labels.to(dev)).loss
+        loss.backward()
+        m.zero_grad(set_to_none=True)  # free the gradients before the next case runs
+
+    def hf_step(m, t):
+        m.zero_grad(set_to_none=True)
+        with autocast():
+            loss = m(input_ids=t[0], attention_mask=t[1], labels=t[2]).loss
+        loss.backward()
+        m.zero_grad(set_to_none=True)
+
+    cases = []
     for label in models:
         model = built[label].train()
         if label == "mmbert":
-            def step(m=model, b=batch):
-                m.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = m(b.ids.to(dev), cu_seqlens=b.cu_seqlens.to(dev),
-                             max_seqlen=b.max_seqlen, labels=b.labels.to(dev)).loss
-                loss.backward()
-
-            def warm(m=model, b=warm_batch):
-                step(m, b)
-
             flops = 3 * mlm_flops(cfg, batch.lengths(), batch.num_masked)
-            out.append(_case(name, label, step, warm, ctx, batch.labels.numel(), flops,
-                             masked=batch.num_masked, layout="packed, sparse prediction"))
+            cases.append(Case(
+                name, label, [lambda m=model: ours_step(m, batch)] * ctx.runs,
+                [batch.labels.numel()] * ctx.runs, [flops] * ctx.runs,
+                lambda m=model: ours_step(m, warm_batch),
+                dict(masked=batch.num_masked, layout="packed (cu_seqlens), sparse prediction")))
         else:
-            # padded micro-batches of hf_docs consecutive documents; timed run r takes
-            # micro-batch r, so the padding seen is a sample of the batch's, not one draw
+            # padded micro-batches of hf_docs consecutive documents; run r takes micro-batch r,
+            # so the padding measured is a sample of the batch's, not one draw
             k = s["hf_docs"]
             groups = [batch.docs[i:i + k] for i in range(0, len(batch.docs), k)]
             groups = (groups * ctx.runs)[:ctx.runs]
             mbs = [[t.to(dev) for t in pad_docs(g, cfg.pad_token_id)] for g in groups]
-            wtensors = [t.to(dev) for t in pad_docs(warm_batch.docs[:k], cfg.pad_token_id)]
-
-            def step(m, t):
-                m.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = m(input_ids=t[0], attention_mask=t[1], labels=t[2]).loss
-                loss.backward()
-
-            load0 = _loadavg()
-            mb_flops = [3 * mlm_flops(cfg, [d[0].numel() for d in g],
-                                      sum(int((d[1] != -100).sum()) for d in g)) for g in groups]
-            times, fractions = timed_runs(
-                ctx, [lambda t=t: step(model, t) for t in mbs], mb_flops,
-                lambda: step(model, wtensors))
-            real = [d[0].numel() for g in groups for d in g]
-            masked = sum(int((d[1] != -100).sum()) for g in groups for d in g)
-            flops = 3 * mlm_flops(cfg, real, masked)
-            total = sum(times)
+            warm = [t.to(dev) for t in pad_docs(warm_batch.docs[:k], cfg.pad_token_id)]
+            real = [sum(d[0].numel() for d in g) for g in groups]
+            flops = [3 * mlm_flops(cfg, [d[0].numel() for d in g],
+                                   sum(int((d[1] != -100).sum()) for d in g)) for g in groups]
             padded = sum(t[0].numel() for t in mbs)
-            out.append(dict(
-                case=name, model=label, tokens=sum(real), seconds=total, times=times,
-                tokens_per_s=sum(real) / total, useful_flops=flops,
-                useful_flops_per_s=flops / total, peak_fraction=statistics.median(fractions),
-                peak_fractions=fractions, loadavg=[load0, _loadavg()],
-                masked=masked, batch=[list(t[0].shape) for t in mbs],
-                layout=f"{len(mbs)} micro-batches of {k} documents, {padded} padded tokens "
-                       f"for {sum(real)} real; dense decoder"))
-        model.zero_grad(set_to_none=True)
-        del model, built[label]
-        gc.collect()
-    return out
+            cases.append(Case(
+                name, label, [lambda m=model, t=t: hf_step(m, t) for t in mbs], real, flops,
+                lambda m=model: hf_step(m, warm),
+                dict(batch=[list(t[0].shape) for t in mbs],
+                     layout=f"padded micro-batches of {k} documents ({padded} padded tokens "
+                            f"for {sum(real)} real over {len(mbs)} runs), dense decoder")))
+    return run_cases(ctx, cases)
 
 
 RUNNERS: dict[str, Callable[[Ctx], list[dict]]] = {

@@ -168,6 +168,53 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *
 
 
 # ---------------------------------------------------------------------------------------------
+# Cross-entropy over a large vocabulary
+# ---------------------------------------------------------------------------------------------
+
+_CE_ROWS = 256  # rows per chunk: bounds the fp32 temporaries to 256 x vocab
+
+
+class _CrossEntropyRows(torch.autograd.Function):
+    """Unreduced cross-entropy ``logsumexp(z) - z[target]`` per row, in fp32, with a backward
+    that writes ``softmax(z) - onehot`` straight into one gradient buffer.
+
+    ``F.cross_entropy`` keeps a full ``[M, V]`` log-softmax for backward and zero-fills another
+    ``[M, V]`` tensor there; at 256k vocabulary and thousands of masked tokens that is gigabytes
+    per step. Here only the row log-sum-exps ``[M]`` are saved (the logits are kept by the caller
+    anyway) and fp32 temporaries are chunked."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for a in range(0, logits.shape[0], _CE_ROWS):
+            lse[a:a + _CE_ROWS] = torch.logsumexp(logits[a:a + _CE_ROWS].float(), dim=-1)
+        picked = logits.gather(1, target[:, None]).squeeze(1).float()
+        ctx.save_for_backward(logits, target, lse)
+        return lse - picked
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        logits, target, lse = ctx.saved_tensors
+        g = grad.float()
+        out = torch.empty_like(logits)
+        for a in range(0, logits.shape[0], _CE_ROWS):
+            rows = slice(a, a + _CE_ROWS)
+            p = (logits[rows].float() - lse[rows, None]).exp_().mul_(g[rows, None])
+            out[rows] = p  # softmax * grad (cast to the logits' dtype)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        out[rows, target] -= g.to(out.dtype)
+        return out, None
+
+
+def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits.float(), target, reduction="none")`` for ``[M, V]`` logits and
+    valid targets ``[M]``, without ``[M, V]`` fp32 copies kept for backward."""
+    if logits.shape[0] == 0:
+        return logits.new_zeros(0, dtype=torch.float32) + 0.0 * logits.sum()
+    return _CrossEntropyRows.apply(logits, target)
+
+
+# ---------------------------------------------------------------------------------------------
 # Rotary position embedding
 # ---------------------------------------------------------------------------------------------
 
@@ -208,6 +255,37 @@ class _Rope(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         cos, sin = ctx.saved_tensors
         return _rotate(grad, cos, sin, -1.0), None, None
+
+
+class _RopeQKV(torch.autograd.Function):
+    """``[N, 3, H, D]`` fused projections -> one ``[N, 3, H, D]`` tensor with q and k rotated and
+    v copied. One output (and one gradient buffer in backward) instead of two overlapping
+    views of the projection, whose gradients autograd would zero-fill and add."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        out = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+        out[:, :2] = _rotate(qkv[:, :2], cos, sin, 1.0)
+        out[:, 2] = qkv[:, 2]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        out[:, :2] = _rotate(grad[:, :2], cos, sin, -1.0)
+        out[:, 2] = grad[:, 2]
+        return out, None, None
+
+
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (rotated) and v from the fused projection ``[N, 3, H, D]``."""
+    if qkv.requires_grad and qkv.dtype in (torch.float32, torch.float64):
+        return _RopeQKV.apply(qkv, cos, sin).unbind(1)
+    q, k = apply_rope(qkv[:, :2], cos, sin).unbind(1)
+    return q, k, qkv[:, 2]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -272,8 +350,7 @@ class Attention(nn.Module):
                 plan: VarlenPlan) -> torch.Tensor:
         N = x.shape[0]
         qkv = self.Wqkv(x).view(N, 3, self.num_heads, self.head_dim)
-        q, k = apply_rope(qkv[:, :2], *rope).unbind(1)  # q and k rotated in one go
-        v = qkv[:, 2]
+        q, k, v = rope_qkv(qkv, *rope)  # q and k rotated in one go
         out = varlen_attention(q, k, v, plan, self.window, scale=self.head_dim ** -0.5,
                                dropout_p=self.dropout if self.training else 0.0)
         return self.out_drop(self.Wo(out.reshape(N, -1)))
@@ -536,8 +613,7 @@ class MaskedLM(PreTrained):
         logits = self.decoder(self.head(hidden[rows]))
         if labels is None:
             return MaskedLMOutput(None, logits, predict_positions=predict_positions)
-        token_loss = F.cross_entropy(logits.float(), flat_labels[predict_positions],
-                                     reduction="none")
+        token_loss = cross_entropy_rows(logits, flat_labels[predict_positions])
         loss = token_loss.sum() / max(token_loss.numel(), 1)  # 0 (with a graph) if none labelled
         return MaskedLMOutput(loss, logits, token_loss, predict_positions)
 
