@@ -480,7 +480,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     from mmbert.demo import run_demo
 
     run_demo(a.out, recipe=a.recipe, overrides=tuple(a.set), vocab_size=a.vocab_size,
-             density=a.density)
+             density=a.density, procs=a.procs, eval_tokens=a.eval_tokens)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -492,6 +492,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="recipe override, e.g. phases.0.tokens=1M (repeatable)")
     p.add_argument("--vocab-size", type=int, default=8192, help="demo tokenizer size")
     p.add_argument("--density", type=float, default=0.5, help="TIES density for the merge")
+    p.add_argument("--procs", type=int, default=None,
+                   help="training processes (torchrun DDP, one thread each; default: one per "
+                        "core, at most 2; 1 = train in this process)")
+    p.add_argument("--eval-tokens", type=int, default=512,
+                   help="held-out tokens scored per language and model")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,50 @@ def _step(log: Callable[[str], None], title: str) -> float:
     return time.perf_counter()
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_procs() -> int:
+    """Training processes for the demo: one per core, at most 2 (the demo's batches hold 2
+    micro-batches). The tiny model's matmuls are too small for intra-op threads to pay: on 2
+    cores, 2 data-parallel processes of one thread each beat one process with 2 threads, and
+    when another job holds a core, 2 threads in one process run ~3x *slower* than one (the
+    threads wait on each other), while 2 processes only fall back to one core's speed."""
+    return max(1, min(2, available_cores()))
+
+
+def train_in_processes(recipe: Path, run_dir: Path, overrides: list[str], nproc: int) -> None:
+    """``mmbert pretrain`` under ``torchrun --nproc-per-node nproc`` (gloo DDP, one thread per
+    process); resumes when ``run_dir`` already holds a run. The data order does not depend on the
+    number of processes (see ``train.trainer``), so this trains the same model as one process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "mmbert.cli", "pretrain", "--recipe", str(recipe),
+           "--out", str(run_dir)]
+    for o in overrides:
+        cmd += ["--set", o]
+    if (run_dir / "recipe.json").exists():
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        raise MmbertError(f"{run_dir}: pre-training in {nproc} processes failed (exit {rc}, "
+                          f"see above); rerun to resume, or pass --procs 1 to train in this "
+                          f"process")
+
+
 def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/demo.yaml",
              overrides: tuple[str, ...] = (), vocab_size: int = DEMO_VOCAB,
-             density: float = 0.5, log: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo into ``out`` and write ``out/report.md``; see the module docstring."""
+             density: float = 0.5, procs: int | None = None,
+             eval_tokens: int = EVAL_TOKENS_PER_LANG,
+             log: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo into ``out`` and write ``out/report.md``; see the module docstring.
+
+    ``procs``: training processes (default :func:`default_procs`); 1 trains in this process.
+    ``eval_tokens``: held-out tokens scored per language and model."""
     from mmbert.config import load_recipe
     from mmbert.data.demo import fetch_demo
     from mmbert.data.shards import prepare
@@ -79,10 +121,25 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     prepare(corpus, tok_dir, shards)  # skips finished languages
     timings["shards"] = time.perf_counter() - t
 
-    t = _step(log, f"pre-training {recipe_path} -> {out / 'run'}")
-    rec = load_recipe(recipe_path, [f"shards={shards}", f"tokenizer={tok_dir}", *overrides])
+    procs = default_procs() if procs is None else procs
+    if procs < 1:
+        raise MmbertError(f"--procs {procs}: expected at least 1")
+    if eval_tokens < 16:
+        raise MmbertError(f"--eval-tokens {eval_tokens}: expected at least 16")
+    t = _step(log, f"pre-training {recipe_path} -> {out / 'run'} "
+                   f"({procs} process{'es' if procs > 1 else ''})")
+    sets = [f"shards={shards}", f"tokenizer={tok_dir}", *overrides]
+    rec = load_recipe(recipe_path, sets)  # bad recipes fail here, before any process starts
     run_dir = out / "run"
+    if procs > 1:
+        train_in_processes(recipe_path, run_dir, sets, procs)
+    # in this process: trains (procs == 1), or finds every phase done and collects the results
     result = pretrain(rec, run_dir, resume=(run_dir / "recipe.json").exists())
+    # training speed from metrics.jsonl: right also when the training ran in subprocesses or
+    # in an earlier (resumed) invocation
+    tokens, seconds = training_time(run_dir)
+    result.tokens_per_s = tokens / seconds if seconds else 0.0
+    result.wall_s = seconds
     timings["pretrain"] = time.perf_counter() - t
 
     if not result.variants:
@@ -101,7 +158,8 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     timings["merge"] = time.perf_counter() - t
 
     t = _step(log, "held-out evaluation and report")
-    results = evaluate_demo(rec, result, merged, shards, out, density=density)
+    results = evaluate_demo(rec, result, merged, shards, out, density=density,
+                            eval_tokens=eval_tokens, procs=procs)
     results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     timings["evaluate"] = time.perf_counter() - t
     results["timings_s"]["evaluate"] = round(timings["evaluate"], 1)
@@ -152,14 +210,78 @@ def _tier_means(acc: dict[str, float], tier: dict[str, str]) -> dict[str, float 
     return out
 
 
+def _compare(acc: dict[str, dict[str, float]], a: str, b: str,
+             langs: list[str]) -> dict[str, Any] | None:
+    """Model ``a`` -> model ``b`` on ``langs``: means, mean gain with its standard error (paired
+    over languages) and how many languages went up / down."""
+    pairs = [(acc[a][lang], acc[b][lang]) for lang in langs
+             if lang in acc.get(a, {}) and lang in acc.get(b, {})]
+    if not pairs:
+        return None
+    gains = [y - x for x, y in pairs]
+    n = len(gains)
+    mean = sum(gains) / n
+    var = sum((g - mean) ** 2 for g in gains) / (n - 1) if n > 1 else 0.0
+    return {"from": a, "to": b, "languages": n, "before": sum(x for x, _ in pairs) / n,
+            "after": sum(y for _, y in pairs) / n, "gain": mean, "gain_se": math.sqrt(var / n),
+            "up": sum(g > 0 for g in gains), "down": sum(g < 0 for g in gains)}
+
+
+def learning_summary(acc: dict[str, dict[str, float]], tier: dict[str, str],
+                     trunk: list[str]) -> dict[str, Any]:
+    """The issue's two questions, answered from the held-out accuracies:
+
+    * ``final_vs_first``: every language, the first checkpoint the run keeps (end of the first
+      phase) against the final model (the TIES merge);
+    * ``decay_only``: languages first seen in the decay, end of the last trunk phase (they have
+      never been trained on) against the variant that trains on them (``all``) and the merge.
+    """
+    first, last = f"end of {trunk[0]}", f"end of {trunk[-1]}"
+    every = sorted(tier)
+    decay_only = sorted(lang for lang, t in tier.items() if t == TIERS[2])
+    out: dict[str, Any] = {"final_vs_first": _compare(acc, first, "TIES merge", every),
+                           "random_vs_first": _compare(acc, "random init", first, every),
+                           "decay_only": {}}
+    for name in acc:
+        if name.startswith("variant") or name == "TIES merge":
+            c = _compare(acc, last, name, decay_only)
+            if c is not None:
+                out["decay_only"][name] = c
+    return out
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _eval_model(job: tuple[str, str, str, list[str], int]) -> tuple[str, dict[str, float]]:
+    """Held-out MLM accuracy per language of one model (a directory, or ``random:DIR`` for
+    DIR's config with seeded random weights)."""
+    import torch
+
+    from mmbert.evaluate.mlm import mlm_accuracy_per_language
+    from mmbert.model import MaskedLM
+
+    name, model, shards, langs, eval_tokens = job
+    m: Any = model
+    if model.startswith("random:"):
+        torch.manual_seed(0)
+        m = MaskedLM(MaskedLM.from_pretrained(model[len("random:"):]).config)
+    r = mlm_accuracy_per_language(m, shards, split="heldout", languages=langs,
+                                  max_tokens=eval_tokens, seed=0,
+                                  tokenizer_dir=Path(shards).parent / "tokenizer")
+    return name, {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
+
+
 def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, *,
-                  density: float) -> dict[str, Any]:
+                  density: float, eval_tokens: int = EVAL_TOKENS_PER_LANG,
+                  procs: int = 1) -> dict[str, Any]:
     """Held-out MLM accuracy per language for every phase end, variant, the merge and a random
     initialisation (same seed and masks for all)."""
     from mmbert.data.sampler import language_probs
     from mmbert.data.shards import ShardSet
-    from mmbert.evaluate.mlm import mlm_accuracy_per_language
-    from mmbert.model import MaskedLM
 
     langs = phase_languages(rec, shards)
     trunk = [p.name for p in rec.trunk]
@@ -168,21 +290,22 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
     ss = ShardSet(shards, split="train")
     counts = ss.token_counts()
 
-    models: dict[str, Any] = {}
+    # (name, model directory); "random init" is the first export's config with fresh weights
     first = result.phases[0].export
-    models["random init"] = MaskedLM(MaskedLM.from_pretrained(first).config)
-    for p in result.phases:
-        models[f"end of {p.name}"] = p.export
-    for name, v in sorted(result.variants.items()):
-        models[f"variant {name}"] = v.export
-    models["TIES merge"] = merged
+    models: list[tuple[str, str]] = [("random init", f"random:{first}")]
+    models += [(f"end of {p.name}", str(p.export)) for p in result.phases]
+    models += [(f"variant {name}", str(v.export)) for name, v in sorted(result.variants.items())]
+    models.append(("TIES merge", str(merged)))
+    jobs = [(name, m, str(shards), all_langs, eval_tokens) for name, m in models]
+    if procs > 1:  # one model per process at a time, one thread each (see default_procs)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    acc: dict[str, dict[str, float]] = {}
-    for name, m in models.items():
-        r = mlm_accuracy_per_language(m, shards, split="heldout", languages=all_langs,
-                                      max_tokens=EVAL_TOKENS_PER_LANG, seed=0,
-                                      tokenizer_dir=shards.parent / "tokenizer")
-        acc[name] = {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            acc = dict(pool.map(_eval_model, jobs))
+    else:
+        acc = dict(_eval_model(j) for j in jobs)
 
     sampling: dict[str, dict[str, float]] = {}
     for p in rec.trunk:
@@ -201,12 +324,32 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
         "sampling": sampling,
         "mlm_accuracy": acc,
         "tier_means": {name: _tier_means(a, tier) for name, a in acc.items()},
+        "learning": learning_summary(acc, tier, trunk),
         "loss_curves": metrics,
         "merge": {"method": "ties", "density": density, "base": f"end of {trunk[-1]}",
                   "models": sorted(result.variants)},
         "tokens_per_s": result.tokens_per_s,
         "train_wall_s": result.wall_s,
+        "eval_tokens": eval_tokens,
     }
+
+
+def training_time(run_dir: Path) -> tuple[int, float]:
+    """Tokens trained and seconds spent in training steps (checkpoints, evaluation and start-up
+    excluded), summed over the trunk and every variant's metrics.jsonl (last record per step)."""
+    steps: dict[tuple[str, int], tuple[int, float]] = {}
+    files = [run_dir / "metrics.jsonl", *sorted((run_dir / "variants").glob("*/metrics.jsonl"))]
+    for f in files:
+        if not f.is_file():
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                n, rate = int(r["batch_tokens"]), float(r["tokens_per_s"])
+                steps[(str(f), int(r["step"]))] = (n, n / rate if rate > 0 else 0.0)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return sum(n for n, _ in steps.values()), sum(s for _, s in steps.values())
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -244,6 +387,29 @@ def _smooth(ys: list[float], k: int = 9) -> list[float]:
         acc = (acc + [y])[-k:]
         out.append(sum(acc) / len(acc))
     return out
+
+
+def _learning_lines(s: dict[str, Any] | None) -> list[str]:
+    """'Does the demo learn?': the summary table of :func:`learning_summary`."""
+    if not s:
+        return []
+    rows = [("all languages, first checkpoint -> final model", s.get("final_vs_first")),
+            ("all languages, random init -> first checkpoint", s.get("random_vs_first"))]
+    rows += [(f"decay-only languages, before the decay -> {k}", c)
+             for k, c in s.get("decay_only", {}).items()]
+    lines = ["## Does the demo learn?", "",
+             "Held-out MLM accuracy (%), paired over the same languages; gain ± its standard "
+             "error over languages.", "",
+             "| comparison | languages | before | after | gain | up / down |",
+             "|---|---:|---:|---:|---:|---|"]
+    for label, c in rows:
+        if c is None:
+            continue
+        lines.append(f"| {label} ({c['from']} -> {c['to']}) | {c['languages']} | "
+                     f"{_fmt(c['before'])} | {_fmt(c['after'])} | "
+                     f"{100 * c['gain']:+.1f} ± {100 * c['gain_se']:.1f} | "
+                     f"{c['up']} / {c['down']} |")
+    return lines + [""]
 
 
 def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
@@ -329,14 +495,17 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     lines = ["# mmbert demo report", ""]
     lines += [f"Languages: {', '.join(f'{k} {v}' for k, v in r['languages'].items())}.",
               f"Tiers: {', '.join(f'{t}: {n_t[t]}' for t in TIERS)}.",
-              f"Training: {r['train_wall_s']:.0f} s at {r['tokens_per_s']:.0f} tokens/s. "
-              f"Wall time per step: {r.get('timings_s', {})}.", ""]
+              f"Training: {r['train_wall_s']:.0f} s in training steps, {r['tokens_per_s']:.0f} "
+              f"tokens/s. "
+              f"Wall time of each demo stage (s): {r.get('timings_s', {})}.", ""]
+    lines += _learning_lines(r.get("learning"))
     lines += ["## Held-out MLM accuracy (%), mean over languages of each tier", "",
               "| model | " + " | ".join(TIERS) + " | all |", "|---|" + "---|" * (len(TIERS) + 1)]
     for k, m in tm.items():
         lines.append(f"| {k} | " + " | ".join(_fmt(m[t]) for t in (*TIERS, "all")) + " |")
     lines += ["", "Same held-out tokens and masks (seed 0, 15% mask, "
-              f"{EVAL_TOKENS_PER_LANG} tokens per language) for every model.", ""]
+              f"{r.get('eval_tokens', EVAL_TOKENS_PER_LANG)} tokens per language) for every "
+              "model.", ""]
     lines += ["![loss](plots/loss.png)", "", "![sampling](plots/sampling.png)", "",
               "![mlm](plots/mlm_per_language.png)", "", "![merge](plots/variants_merge.png)", ""]
     # decay-only languages: best and worst gains during the decay
