@@ -172,6 +172,26 @@ def test_metrics_per_step_and_language(run_inproc, data):
     assert set().union(*(r["lang_loss"] for r in v)) <= {"deu_Latn", "fra_Latn"}
 
 
+def test_tensorboard_logs_loss_lr_and_language_losses(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = recipe_dict(data)
+    d["phases"] = d["phases"][:1]
+    d["phases"][0]["tokens"] = 1536
+    d["log"] = {"tensorboard": True}
+    pretrain(recipe_from_dict(d, "r.yaml"), tmp_path / "run", log=lambda m: None)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 3
+    ea = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    loss = ea.Scalars("loss")
+    assert [e.step for e in loss] == [r["tokens"] for r in recs]  # x axis: tokens seen
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in recs], rel=1e-6)
+    assert [e.value for e in ea.Scalars("lr")] == pytest.approx([r["lr"] for r in recs])
+    langs = {lang for r in recs for lang in r["lang_loss"]}  # add_scalars: one run per language
+    subdirs = {p.name for p in (tmp_path / "run" / "tensorboard").iterdir() if p.is_dir()}
+    assert len(subdirs) == len(langs) and all(any(lang in s for s in subdirs) for lang in langs)
+
+
 def test_batch_warmup_grows_accumulation_and_reset_optimizer(data, tmp_path):
     d = recipe_dict(data)
     d["phases"] = d["phases"][:2]
@@ -227,11 +247,15 @@ def test_bad_input(data, tmp_path, capsys):
         run(d)
     d = recipe_dict(data)
     d["log"] = {"tensorboard": True}
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
+    import sys
+    hidden = {k: v for k, v in sys.modules.items() if k.startswith("torch.utils.tensorboard")}
+    try:  # as without the package: importing it fails
+        sys.modules["torch.utils.tensorboard"] = None  # type: ignore[assignment]
         with pytest.raises(MmbertError, match=r"log\.tensorboard = true needs the tensorboard"):
             run(d)
+    finally:
+        del sys.modules["torch.utils.tensorboard"]
+        sys.modules.update(hidden)
     assert not (tmp_path / "run").exists()  # nothing was started
     # the CLI: one line, exit code 2
     bad = write_recipe(tmp_path / "bad.yaml", recipe_dict(data, shards="/nonexistent"))
