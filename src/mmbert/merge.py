@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from mmbert.config import ModelConfig, preset
 from mmbert.errors import MmbertError
+from mmbert.tasks.common import AtomicDir  # new dir under a temp name, renamed on success
 
 DEFAULT_DENSITY = 0.2  # TIES' default: keep the top 20 % of each task vector
 DEFAULT_LAMBDA = 1.0
@@ -226,28 +227,6 @@ def _check_out(out: Path, inputs: Sequence[Path]) -> None:
     for p in inputs:
         if out.resolve() == p.resolve():
             raise MmbertError(f"--out {out}: is also an input; expected a new directory")
-
-
-class _AtomicDir:
-    """Build a directory under a temp name next to ``out``; rename on success, delete on error."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.out.is_dir():
-            self.out.rmdir()  # checked empty before we started
-        os.replace(self.tmp, self.out)
 
 
 def _copy_tokenizer(sources: Sequence[Path], dst: Path) -> Path | None:
@@ -432,7 +411,7 @@ def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties"
     specs = [(n, cks[0].dtype(n), cks[0].shape(n)) for n in names]
     need_base = base_ck is not None and (method == "ties" or lam != 1.0)
 
-    with _AtomicDir(out) as tmp:
+    with AtomicDir(out) as tmp:
         with _SafetensorsStream(tmp / "model.safetensors", specs) as writer:
             for name in _progress(names, f"merge ({method})"):
                 _merge_one(name, cks, base_ck if need_base else None, method, weights,
@@ -645,7 +624,7 @@ def init_small(base_dir: str | Path, out_dir: str | Path,
         shape = ck.shape(src)
         shapes.append((new, ck.dtype(src),
                        tuple(shape[i] if s is None else len(s) for i, s in enumerate(sel))))
-    with _AtomicDir(out) as tmp:
+    with AtomicDir(out) as tmp:
         with _SafetensorsStream(tmp / "model.safetensors", shapes) as writer:
             for new, src, sel in _progress(specs, "init-small"):
                 x = ck.read(src)
