@@ -171,7 +171,10 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *
 # Cross-entropy over a large vocabulary
 # ---------------------------------------------------------------------------------------------
 
-_CE_ROWS = 256  # rows per chunk: bounds the fp32 temporaries to 256 x vocab
+# Rows per chunk. The loss is memory-bound (a few passes over each row of 256k logits): chunks
+# of a few rows keep every pass inside the last-level cache (4 x 256k fp32 = 4 MB), measured
+# ~2x faster than 256-row chunks (1 GB per pass, from DRAM) on a 32 MB-L3 EPYC.
+_CE_ROWS = 4
 
 
 class _CrossEntropyRows(torch.autograd.Function):
@@ -199,8 +202,11 @@ class _CrossEntropyRows(torch.autograd.Function):
         out = torch.empty_like(logits)
         for a in range(0, logits.shape[0], _CE_ROWS):
             rows = slice(a, a + _CE_ROWS)
-            p = (logits[rows].float() - lse[rows, None]).exp_().mul_(g[rows, None])
-            out[rows] = p  # softmax * grad (cast to the logits' dtype)
+            if logits.dtype == torch.float32:  # softmax * grad, computed in place in `out`
+                o = torch.sub(logits[rows], lse[rows, None], out=out[rows])
+                o.exp_().mul_(g[rows, None])
+            else:  # through an fp32 temporary, cast to the logits' dtype
+                out[rows] = (logits[rows].float() - lse[rows, None]).exp_().mul_(g[rows, None])
         rows = torch.arange(logits.shape[0], device=logits.device)
         out[rows, target] -= g.to(out.dtype)
         return out, None
@@ -229,16 +235,19 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int,
     return freqs.cos(), freqs.sin()
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """``(x1, x2) -> (x1 cos - s x2 sin, x2 cos + s x1 sin)`` for the halves of the last dim
     (``s = sign``; -1 rotates back, which is the backward pass). Two fused passes over the
-    halves into one fresh tensor instead of neg + cat + 2 mul + add."""
+    halves, written straight into ``out`` (a fresh tensor when None) instead of
+    neg + cat + 2 mul + add."""
     h = x.shape[-1] // 2
     x1, x2 = x[..., :h], x[..., h:]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     o1, o2 = out[..., :h], out[..., h:]
-    torch.addcmul(x1 * cos, x2, sin, value=-sign, out=o1)
-    torch.addcmul(x2 * cos, x1, sin, value=sign, out=o2)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
     return out
 
 
@@ -266,7 +275,7 @@ class _RopeQKV(torch.autograd.Function):
     def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
         out = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-        out[:, :2] = _rotate(qkv[:, :2], cos, sin, 1.0)
+        _rotate(qkv[:, :2], cos, sin, 1.0, out=out[:, :2])
         out[:, 2] = qkv[:, 2]
         return out
 
@@ -274,7 +283,7 @@ class _RopeQKV(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         cos, sin = ctx.saved_tensors
         out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
-        out[:, :2] = _rotate(grad[:, :2], cos, sin, -1.0)
+        _rotate(grad[:, :2], cos, sin, -1.0, out=out[:, :2])
         out[:, 2] = grad[:, 2]
         return out, None, None
 
