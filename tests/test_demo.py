@@ -99,7 +99,8 @@ def test_demo_without_recipe_is_one_clear_error(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, capfd) -> None:
+def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, capfd,
+                                          monkeypatch) -> None:
     """`mmbert demo` as `make demo` runs it (2 training processes under torchrun), on the real
     demo corpus with a token budget cut to seconds: every stage runs, the report and its plots
     are written, and every phase end, variant and the merge is an HF directory."""
@@ -123,9 +124,12 @@ def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, cap
     for d in ["run/export/pretrain", "run/export/midtrain", "merged",
               *(f"run/variants/{v}/export" for v in ("high", "cont", "all"))]:
         assert (out / d / "model.safetensors").is_file() and (out / d / "tokenizer.json").is_file()
-    # a rerun resumes: every stage is found done, nothing is trained again
+    # a rerun resumes: every stage is found done, nothing is trained again; a failed torchrun
+    # launch falls back to this process (which here finds every phase done)
     steps = (out / "run" / "metrics.jsonl").read_text().count("\n")
+    monkeypatch.setattr("mmbert.demo.train_in_processes", lambda *a: 1)
     assert main(["demo", "--out", str(out), "--procs", "2", "--vocab-size", "1024",
                  "--eval-tokens", "32", "--set", "phases.0.tokens=6k", "--set",
                  "phases.1.tokens=4k", "--set", "phases.2.tokens=2k"]) == 0
     assert (out / "run" / "metrics.jsonl").read_text().count("\n") == steps
+    assert "training in 2 processes failed (torchrun exit 1)" in capfd.readouterr().out
