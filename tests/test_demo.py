@@ -97,6 +97,15 @@ def test_demo_without_recipe_is_one_clear_error(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nope.yaml: no such recipe" in err[0]
     assert not (tmp_path / "d").exists()
+    # bad values are refused before any work: nothing fetched, nothing created
+    for args, msg in [(["--procs", "0"], "--procs 0: expected at least 1"),
+                      (["--eval-tokens", "4"], "--eval-tokens 4: expected at least 16"),
+                      (["--set", "phases.0.tau=2"], "phases[0].tau = 2"),
+                      (["--set", "phases.2.variants=[]"], "needs a last phase with decay")]:
+        assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+        assert not (tmp_path / "d").exists()
 
 
 def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, capfd,

@@ -55,10 +55,11 @@ def available_cores() -> int:
 
 def default_procs() -> int:
     """Training processes for the demo: one per core, at most 2 (the demo's batches hold 2
-    micro-batches). The tiny model's matmuls are too small for intra-op threads to pay: on 2
-    cores, 2 data-parallel processes of one thread each beat one process with 2 threads, and
-    when another job holds a core, 2 threads in one process run ~3x *slower* than one (the
-    threads wait on each other), while 2 processes only fall back to one core's speed."""
+    micro-batches). Measured on 2 AVX2 cores, phase 1 of the demo recipe: idle, one process
+    with 2 threads trains at 6.9k tokens/s, 2 data-parallel processes of one thread each at
+    5.9k, one thread at 4.3k. But when another job holds a core, the 2 threads of one process
+    wait on each other and fall to 1.4k tokens/s (3x *slower* than one thread), while 2
+    processes only fall back to about one core's speed (4.3k). The demo takes the robust one."""
     return max(1, min(2, available_cores()))
 
 
@@ -99,11 +100,20 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     if not recipe_path.is_file():
         raise MmbertError(f"{recipe_path}: no such recipe; run `make demo` from the repository "
                           f"root or pass --recipe configs/demo.yaml")
+    procs = default_procs() if procs is None else procs
+    if procs < 1:
+        raise MmbertError(f"--procs {procs}: expected at least 1")
+    if eval_tokens < 16:
+        raise MmbertError(f"--eval-tokens {eval_tokens}: expected at least 16")
+    corpus, tok_dir, shards = out / "corpus", out / "tokenizer", out / "shards"
+    sets = [f"shards={shards}", f"tokenizer={tok_dir}", *overrides]
+    rec = load_recipe(recipe_path, sets)  # a bad recipe or --set fails before any work
+    if not rec.variant_names:
+        raise MmbertError(f"{recipe_path}: the demo needs a last phase with decay variants")
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    corpus, tok_dir, shards = out / "corpus", out / "tokenizer", out / "shards"
     t = _step(log, f"demo corpus -> {corpus}")
     if not (corpus / "corpus.json").is_file():
         fetch_demo(corpus)
@@ -118,15 +128,8 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     prepare(corpus, tok_dir, shards)  # skips finished languages
     timings["shards"] = time.perf_counter() - t
 
-    procs = default_procs() if procs is None else procs
-    if procs < 1:
-        raise MmbertError(f"--procs {procs}: expected at least 1")
-    if eval_tokens < 16:
-        raise MmbertError(f"--eval-tokens {eval_tokens}: expected at least 16")
     t = _step(log, f"pre-training {recipe_path} -> {out / 'run'} "
                    f"({procs} process{'es' if procs > 1 else ''})")
-    sets = [f"shards={shards}", f"tokenizer={tok_dir}", *overrides]
-    rec = load_recipe(recipe_path, sets)  # bad recipes fail here, before any process starts
     run_dir = out / "run"
     if procs > 1:
         rc = train_in_processes(recipe_path, run_dir, sets, procs)
@@ -143,8 +146,6 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     result.wall_s = seconds
     timings["pretrain"] = time.perf_counter() - t
 
-    if not result.variants:
-        raise MmbertError(f"{recipe_path}: the demo needs a last phase with decay variants")
     mid = result.phases[-1]
     variant_dirs = {name: v.export for name, v in result.variants.items()}
     for name, d in [(mid.name, mid.export), *variant_dirs.items()]:
