@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mmbert.errors import MmbertError
 
@@ -336,27 +336,9 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
     }
 
 
-def training_time(run_dir: Path) -> tuple[int, float]:
-    """Tokens trained and seconds spent in training steps (checkpoints, evaluation and start-up
-    excluded), summed over the trunk and every variant's metrics.jsonl (last record per step)."""
-    steps: dict[tuple[str, int], tuple[int, float]] = {}
-    files = [run_dir / "metrics.jsonl", *sorted((run_dir / "variants").glob("*/metrics.jsonl"))]
-    for f in files:
-        if not f.is_file():
-            continue
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                n, rate = int(r["batch_tokens"]), float(r["tokens_per_s"])
-                steps[(str(f), int(r["step"]))] = (n, n / rate if rate > 0 else 0.0)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-    return sum(n for n, _ in steps.values()), sum(s for _, s in steps.values())
-
-
-def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-step (tokens, loss) for each phase (and each decay variant) from metrics.jsonl."""
-    curves: dict[str, list[tuple[int, float]]] = {}
+def _metric_records(run_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(file, record) for every JSON line of the trunk's and each variant's metrics.jsonl;
+    unreadable lines (a run killed mid-write) are skipped."""
     files = [run_dir / "metrics.jsonl", *sorted((run_dir / "variants").glob("*/metrics.jsonl"))]
     for f in files:
         if not f.is_file():
@@ -366,10 +348,31 @@ def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "loss" not in r or "tokens" not in r:
-                continue
-            key = r["phase"] + (f"/{r['variant']}" if r.get("variant") else "")
-            curves.setdefault(key, []).append((int(r["tokens"]), float(r["loss"])))
+            if isinstance(r, dict):
+                yield f, r
+
+
+def training_time(run_dir: Path) -> tuple[int, float]:
+    """Tokens trained and seconds spent in training steps (checkpoints, evaluation and start-up
+    excluded), summed over the trunk and every variant's metrics.jsonl (last record per step)."""
+    steps: dict[tuple[Path, int], tuple[int, float]] = {}
+    for f, r in _metric_records(run_dir):
+        try:
+            n, rate = int(r["batch_tokens"]), float(r["tokens_per_s"])
+            steps[(f, int(r["step"]))] = (n, n / rate if rate > 0 else 0.0)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sum(n for n, _ in steps.values()), sum(s for _, s in steps.values())
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-step (tokens, loss) for each phase (and each decay variant) from metrics.jsonl."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for _, r in _metric_records(run_dir):
+        if "loss" not in r or "tokens" not in r:
+            continue
+        key = r["phase"] + (f"/{r['variant']}" if r.get("variant") else "")
+        curves.setdefault(key, []).append((int(r["tokens"]), float(r["loss"])))
     for k in curves:  # a resumed run may repeat steps: keep the last record per token count
         curves[k] = sorted(dict(curves[k]).items())
     return curves
