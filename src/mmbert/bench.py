@@ -650,7 +650,7 @@ def targets(results: dict) -> list[tuple[str, float | None, float, bool | None]]
 
 def render_table(results: dict) -> str:
     m = results.get("machine", {})
-    lines = [f"# mmbert bench", "",
+    lines = ["# mmbert bench", "",
              f"Machine: {m.get('cpu')} ({m.get('threads')} threads, {m.get('cpu_capability')}, "
              f"oneDNN bf16: {m.get('mkldnn_bf16')}), device {m.get('device')}, torch "
              f"{m.get('torch')}, transformers {m.get('transformers')}.", "",

@@ -139,11 +139,6 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     # in this process: trains (procs == 1 or after a failure), or finds every phase done and
     # collects the results
     result = pretrain(rec, run_dir, resume=(run_dir / "recipe.json").exists())
-    # training speed from metrics.jsonl: right also when the training ran in subprocesses or
-    # in an earlier (resumed) invocation
-    tokens, seconds = training_time(run_dir)
-    result.tokens_per_s = tokens / seconds if seconds else 0.0
-    result.wall_s = seconds
     timings["pretrain"] = time.perf_counter() - t
 
     mid = result.phases[-1]
@@ -264,13 +259,15 @@ def _eval_model(job: tuple[str, str, str, list[str], int]) -> tuple[str, dict[st
     import torch
 
     from mmbert.evaluate.mlm import mlm_accuracy_per_language
+    from mmbert.hf import read_config
     from mmbert.model import MaskedLM
 
     name, model, shards, langs, eval_tokens = job
     m: Any = model
     if model.startswith("random:"):
+        config, _ = read_config(model[len("random:"):])
         torch.manual_seed(0)
-        m = MaskedLM(MaskedLM.from_pretrained(model[len("random:"):]).config)
+        m = MaskedLM(config)
     r = mlm_accuracy_per_language(m, shards, split="heldout", languages=langs,
                                   max_tokens=eval_tokens, seed=0,
                                   tokenizer_dir=Path(shards).parent / "tokenizer")
@@ -319,6 +316,9 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
         sampling[key] = language_probs({lang: counts[lang] for lang in langs[key]}, pv.tau)
 
     metrics = read_metrics(out / "run")
+    # training speed from metrics.jsonl, not from `result`: right also when the training ran in
+    # subprocesses or in an earlier (resumed) invocation
+    tokens, seconds = training_time(out / "run")
     return {
         "languages": {k: len(v) for k, v in langs.items()},
         "tiers": tier,
@@ -330,8 +330,8 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
         "loss_curves": metrics,
         "merge": {"method": "ties", "density": density, "base": f"end of {trunk[-1]}",
                   "models": sorted(result.variants)},
-        "tokens_per_s": result.tokens_per_s,
-        "train_wall_s": result.wall_s,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "train_wall_s": seconds,
         "eval_tokens": eval_tokens,
     }
 
@@ -427,7 +427,6 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     tier = r["tiers"]
-    colors = {TIERS[0]: "tab:blue", TIERS[1]: "tab:orange", TIERS[2]: "tab:red"}
 
     # 1. loss per phase
     fig, ax = plt.subplots(figsize=(8, 4.5))
