@@ -35,11 +35,12 @@ def hf_config(cfg: ModelConfig, attn: str = "sdpa", **kw) -> ModernBertConfig:
     return c
 
 
-def batch(vocab: int, seed: int = 0):
+def batch(vocab: int, seed: int = 0, lengths: list[int] = LENGTHS):
+    """Random ids in [5, vocab), right-padded with 0 to the longest of ``lengths``."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (len(LENGTHS), max(LENGTHS)), generator=g)
+    ids = torch.randint(5, vocab, (len(lengths), max(lengths)), generator=g)
     mask = torch.zeros_like(ids)
-    for i, n in enumerate(LENGTHS):
+    for i, n in enumerate(lengths):
         mask[i, :n] = 1
     ids = ids * mask  # pad id 0 at padding
     return ids, mask

@@ -19,6 +19,8 @@ from mmbert.errors import MmbertError
 # ---------------------------------------------------------------------------------------------
 
 _POOLINGS = ("cls", "mean")
+SPECIAL_ID_FIELDS = ("pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id",
+                     "eos_token_id", "mask_token_id")
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "relu")
 
 
@@ -89,11 +91,32 @@ class ModelConfig:
         need(self.hidden_activation in _ACTIVATIONS, "hidden_activation", f"one of {_ACTIVATIONS}")
         need(self.classifier_activation in _ACTIVATIONS, "classifier_activation",
              f"one of {_ACTIVATIONS}")
-        for name in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id",
-                     "sep_token_id", "mask_token_id"):
+        # Special ids outside the vocabulary are metadata, as in transformers (its defaults
+        # 50281/50282 sit in every config whose author changed only vocab_size); whatever needs
+        # one asks via token_id(). The pad id names the embedding's padding row: it must exist.
+        for name in SPECIAL_ID_FIELDS:
             v = getattr(self, name)
-            need(isinstance(v, int) and 0 <= v < self.vocab_size, name,
-                 f"a token id in [0, vocab_size={self.vocab_size})")
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name,
+                 "a non-negative integer token id")
+        need(self.pad_token_id < self.vocab_size, "pad_token_id",
+             f"a token id in [0, vocab_size={self.vocab_size}) (the embedding's padding row)")
+
+    # -- special token ids --------------------------------------------------------------------
+    def ids_outside_vocab(self) -> dict[str, int]:
+        """``{field: id}`` of the special ids that name no row of the embedding matrix."""
+        return {f: getattr(self, f) for f in SPECIAL_ID_FIELDS
+                if getattr(self, f) >= self.vocab_size}
+
+    def token_id(self, field: str, needed_for: str) -> int:
+        """The special id ``field`` (e.g. ``"cls_token_id"``); MmbertError when it lies outside
+        the vocabulary, saying what needs it and where a usable id comes from."""
+        v = getattr(self, field)
+        if v >= self.vocab_size:
+            raise MmbertError(
+                f"model config field '{field}' = {v} lies outside the vocabulary (vocab_size="
+                f"{self.vocab_size}): {needed_for} needs a usable id; expected a tokenizer.json "
+                f"(with that special token) next to config.json, or '{field}' set in config.json")
+        return v
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -154,11 +177,15 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json",
+                     tokenizer_ids: dict[str, int] | None = None) -> "ModelConfig":
         """Build from a transformers config.json dict (4.48 or 5.x style); unknown keys are ignored.
 
         Keys a config.json leaves out take transformers' ModernBertConfig defaults (not ours),
-        so a directory means the same model here as in transformers."""
+        so a directory means the same model here as in transformers. Special token ids outside
+        the vocabulary load as metadata, with one warning naming them; ``tokenizer_ids`` (the
+        special ids of the directory's tokenizer, as ModelConfig fields) replace those and the
+        ids the file leaves out (see :func:`_resolve_special_ids`)."""
         mt = d.get("model_type")
         if mt != "modernbert":
             raise MmbertError(
@@ -203,21 +230,20 @@ class ModelConfig:
                     raise MmbertError(f"{source}: {k} is {kw[k]!r}; expected a number") from None
         if isinstance(kw.get("eos_token_id"), list) and kw["eos_token_id"]:
             kw["eos_token_id"] = kw["eos_token_id"][0]
-        # a special id left out (or null) whose transformers default lies outside a small
-        # vocabulary: keep ours (it only names the embedding row that gets no gradient)
-        for k in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id", "sep_token_id"):
-            if d.get(k) is None and not 0 <= kw[k] < int(kw["vocab_size"]):
-                kw[k] = getattr(cls, k) if getattr(cls, k) < int(kw["vocab_size"]) else 0
+        replaced = _resolve_special_ids(d, kw, tokenizer_ids or {})
         try:
-            return cls(**kw)
+            config = cls(**kw)
         except (TypeError, MmbertError) as e:
             raise MmbertError(f"{source}: {e}") from None
+        _warn_ids_outside_vocab(config, replaced)
+        return config
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load_json(cls, path: str | Path) -> "ModelConfig":
+    def load_json(cls, path: str | Path,
+                  tokenizer_ids: dict[str, int] | None = None) -> "ModelConfig":
         p = Path(path)
         if not p.is_file():
             raise MmbertError(f"{p}: no such file; expected a transformers config.json")
@@ -227,7 +253,61 @@ class ModelConfig:
             raise MmbertError(f"{p}: not valid JSON ({e}); expected a transformers config.json") from None
         if not isinstance(d, dict):
             raise MmbertError(f"{p}: expected a JSON object")
-        return cls.from_hf_dict(d, source=str(p))
+        return cls.from_hf_dict(d, source=str(p), tokenizer_ids=tokenizer_ids)
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _resolve_special_ids(d: dict[str, Any], kw: dict[str, Any],
+                         tokenizer_ids: dict[str, int]) -> dict[str, int]:
+    """Special ids in ``kw`` that ``d`` leaves out (or sets null) or puts outside the vocabulary
+    take the tokenizer's id when it has one. A left-out pad id without one is ours (Gemma's 0):
+    transformers' default 50283 would name no embedding row of a small vocabulary.
+    Returns ``{field: value in d}`` of the out-of-vocabulary ids that were replaced."""
+    vocab = kw.get("vocab_size")
+    if not _is_id(vocab):
+        return {}  # validation reports it
+    replaced: dict[str, int] = {}
+    for f in SPECIAL_ID_FIELDS:
+        given, v = d.get(f) is not None, kw.get(f)
+        if given and not (_is_id(v) and v >= vocab):
+            continue  # usable, or invalid (validation reports it)
+        t = tokenizer_ids.get(f)
+        if _is_id(t) and t < vocab:
+            if given:
+                replaced[f] = v
+            kw[f] = t
+        elif f == "pad_token_id" and not (_is_id(v) and v < vocab) and not given:
+            kw[f] = 0
+    return replaced
+
+
+_WARNED: set[str] = set()  # warnings already given in this process (each is given once)
+
+
+def _warn_ids_outside_vocab(config: ModelConfig, replaced: dict[str, int]) -> None:
+    """One warning naming the special ids that lie outside the vocabulary, given once per
+    process: a command reads a config.json several times, `merge` several alike."""
+    import warnings
+
+    left = config.ids_outside_vocab()
+    if not replaced and not left:
+        return
+    ids = ", ".join(f"{k}={v}" for k, v in {**replaced, **left}.items())
+    msg = (f"config.json: {ids} outside the vocabulary (vocab_size={config.vocab_size}) "
+           "(transformers' defaults stay so when only vocab_size is changed; the model never "
+           "reads them)")
+    if replaced:
+        msg += "; using the tokenizer's " + ", ".join(f"{k}={getattr(config, k)}"
+                                                      for k in replaced)
+    if left:
+        msg += (f"; {', '.join(left)} kept as metadata: framing, masking, fill-mask and "
+                "evaluation take them from a tokenizer.json next to config.json, or fail saying so")
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(msg, UserWarning, stacklevel=1)
 
 
 # transformers' ModernBertConfig defaults where they differ from ours (mmBERT's): a config.json

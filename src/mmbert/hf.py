@@ -14,7 +14,14 @@ Loading policy (documented in docs/internals.md):
 * a tensor of the wrong shape -> error with name, stored shape and expected shape;
 * tensors of other heads (``head.``, ``decoder.``, ``classifier.``) -> ignored silently (an
   Encoder loads from a masked-LM directory); any other unknown tensor -> a warning listing it;
-* a stored ``decoder.weight`` while the decoder is tied -> ignored (the embedding is used).
+* a stored ``decoder.weight`` while the decoder is tied -> ignored (the embedding is used);
+* special token ids outside the vocabulary (transformers' defaults 50281/50282 stay in any
+  config.json whose author changed only ``vocab_size``) -> loaded as metadata, as transformers
+  does, with one warning naming them; when the directory has a tokenizer, its special ids
+  replace them (and the ids config.json leaves out, such as ``mask_token_id``). Whatever needs
+  one (framing, masking, fill-mask, evaluation) fails in one line if no usable id exists. A pad
+  id outside the vocabulary that no tokenizer replaces stays an error (transformers cannot
+  build that embedding either).
 
 Saving writes what transformers writes: the tied decoder weight is not stored (only the
 embedding is), tensors are contiguous, metadata ``{"format": "pt"}``. Each file is written to a
@@ -23,6 +30,7 @@ temporary name and renamed, so other files in the directory (a tokenizer) are ke
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -32,13 +40,15 @@ from typing import Any
 
 import torch
 
-from mmbert.config import ModelConfig
+from mmbert.config import _HF_DEFAULTS, SPECIAL_ID_FIELDS, ModelConfig
 from mmbert.errors import MmbertError
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 _OTHER_HEADS = ("head.", "decoder.", "classifier.")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model")
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -70,9 +80,86 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     cfg_path = d / CONFIG
     if not cfg_path.is_file():
         raise MmbertError(f"{d}: no {CONFIG}; expected a transformers ModernBERT directory")
-    cfg = ModelConfig.load_json(cfg_path)
-    raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    return cfg, raw
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MmbertError(f"{cfg_path}: not valid JSON ({e}); expected a transformers "
+                          "config.json") from None
+    if not isinstance(raw, dict):
+        raise MmbertError(f"{cfg_path}: expected a JSON object")
+    tok_ids = tokenizer_special_ids(d) if _needs_tokenizer_ids(raw) else None
+    return ModelConfig.from_hf_dict(raw, source=str(cfg_path), tokenizer_ids=tok_ids), raw
+
+
+def _needs_tokenizer_ids(raw: dict[str, Any]) -> bool:
+    """Whether config.json leaves out a special id or puts one outside its vocabulary."""
+    vocab = raw.get("vocab_size", _HF_DEFAULTS["vocab_size"])
+    if not isinstance(vocab, int):
+        return False
+    return any(not isinstance(raw.get(f), int) or raw[f] >= vocab for f in SPECIAL_ID_FIELDS)
+
+
+# transformers' names of the special tokens -> the ModelConfig fields they give (first found
+# wins): mmBERT frames [CLS] ... [SEP] with Gemma's <bos> ... <eos>, BERT-style ones the reverse.
+_ROLE_FIELDS = {"pad_token_id": ("pad",), "mask_token_id": ("mask",),
+                "cls_token_id": ("cls", "bos"), "sep_token_id": ("sep", "eos"),
+                "bos_token_id": ("bos", "cls"), "eos_token_id": ("eos", "sep")}
+
+
+def tokenizer_special_ids(path: str | Path) -> dict[str, int]:
+    """Special ids of the tokenizer in ``path`` (a directory with tokenizer.json, or that file)
+    as ModelConfig fields (``cls_token_id``, ...); ``{}`` without a tokenizer.json.
+
+    Token strings come from tokenizer_config.json / special_tokens_map.json (transformers'
+    ``cls_token`` etc.), else mmbert's names (``<pad>``, ``<bos>``, ...); their ids from
+    tokenizer.json. A role the tokenizer lacks is left out."""
+    from mmbert.tokenizer import SPECIAL_TOKENS
+
+    p = Path(path)
+    f = p / "tokenizer.json" if p.is_dir() else p
+    if not f.is_file():
+        return {}
+    names = {role: [tok] for role, tok in SPECIAL_TOKENS.items()}
+    for side in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        for role, tok in _special_token_names(f.parent / side).items():
+            names.setdefault(role, []).insert(0, tok)
+    st = f.stat()
+    vocab = _tokenizer_vocab(str(f), st.st_mtime_ns, st.st_size)
+    ids: dict[str, int] = {}
+    for field, roles in _ROLE_FIELDS.items():
+        found = [vocab[t] for r in roles for t in names.get(r, []) if t in vocab]
+        if found:
+            ids[field] = found[0]
+    return ids
+
+
+def _special_token_names(path: Path) -> dict[str, str]:
+    """``{role: token string}`` from a tokenizer_config.json / special_tokens_map.json."""
+    if not path.is_file():
+        return {}
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MmbertError(f"{path}: not valid JSON ({e})") from None
+    out = {}
+    for role in ("pad", "mask", "cls", "sep", "bos", "eos"):
+        v = cfg.get(f"{role}_token") if isinstance(cfg, dict) else None
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str) and v:
+            out[role] = v
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_vocab(f: str, mtime_ns: int, size: int) -> dict[str, int]:
+    """Token -> id of a tokenizer.json (model vocabulary plus added tokens); cached per file
+    version, as one command reads a model directory's config several times."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(f).get_vocab(with_added_tokens=True)
+    except Exception as e:  # tokenizers raises a plain Exception for bad files
+        raise MmbertError(f"{f}: not a valid tokenizers JSON file ({str(e)[:200]})") from None
 
 
 def _weight_files(d: Path) -> list[Path]:
@@ -270,8 +357,9 @@ def check_model(path: str | Path) -> dict[str, Any]:
     """Load a directory fully and run one tiny forward; returns a summary (raises on problems)."""
     model = load_any(path, dtype="auto").eval()
     cfg = model.config
-    ids = torch.tensor([[cfg.cls_token_id, 5 % cfg.vocab_size, 6 % cfg.vocab_size,
-                         cfg.sep_token_id]])
+    # [CLS] a b [SEP]; ids outside the vocabulary are config metadata: any token stands in
+    cls, sep = (i if i < cfg.vocab_size else 0 for i in (cfg.cls_token_id, cfg.sep_token_id))
+    ids = torch.tensor([[cls, 5 % cfg.vocab_size, 6 % cfg.vocab_size, sep]])
     with torch.no_grad():
         out = model(ids)
     t = out if isinstance(out, torch.Tensor) else (
@@ -285,7 +373,14 @@ def check_model(path: str | Path) -> dict[str, Any]:
 
 def convert(src: str | Path, out: str | Path, *, dtype: torch.dtype | str | None = "auto") -> Path:
     """Re-save a ModernBERT directory in our canonical layout (clean names, one safetensors file,
-    config.json readable by transformers 4.48 and 5.x), optionally changing the dtype."""
+    config.json readable by transformers 4.48 and 5.x), optionally changing the dtype. The
+    tokenizer files come along: config.json may now name special ids taken from them."""
+    import shutil
+
     model = load_any(src, dtype=dtype)
     model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        s, d = Path(src) / name, Path(out) / name
+        if s.is_file() and not (d.exists() and d.samefile(s)):
+            shutil.copyfile(s, d)
     return Path(out)

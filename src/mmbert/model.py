@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmbert.attention import VarlenPlan, varlen_attention
 from mmbert.config import ModelConfig
+from mmbert.errors import MmbertError
 
 IGNORE_INDEX = -100
 
@@ -476,6 +477,26 @@ class PreTrained(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def _check_input_ids(input_ids: torch.Tensor, config: ModelConfig,
+                     outside: dict[str, int]) -> None:
+    """An input id outside the vocabulary, when the config carries special ids outside it, is
+    most likely one of those (framing or masking from the config): say which, in one line."""
+    if input_ids.numel() == 0 or int(input_ids.max()) < config.vocab_size:
+        return
+    held: dict[int, list[str]] = {}
+    for field, v in outside.items():
+        if v in held or bool((input_ids == v).any()):
+            held.setdefault(v, []).append(field)
+    if held:
+        what = " and ".join(f"{v} ({' = '.join(fs)})" for v, fs in held.items())
+        raise MmbertError(
+            f"input_ids hold {what}: special ids from the model's config.json that lie outside "
+            f"the vocabulary (vocab_size={config.vocab_size}); expected a tokenizer.json next to "
+            "config.json (its special ids are used then) or those fields set in config.json")
+    raise MmbertError(f"input_ids: token id {int(input_ids.max())} is outside the vocabulary "
+                      f"(vocab_size={config.vocab_size})")
+
+
 # ---------------------------------------------------------------------------------------------
 # The encoder (= transformers' ModernBertModel)
 # ---------------------------------------------------------------------------------------------
@@ -501,6 +522,9 @@ class Encoder(PreTrained):
     def hidden_states(self, batch: Unpadded) -> torch.Tensor:
         """Hidden states ``[N, H]`` of the real tokens of an :class:`Unpadded` batch."""
         c = self.config
+        outside = c.ids_outside_vocab()
+        if outside:  # only configs carrying out-of-vocabulary ids (metadata) pay for the check
+            _check_input_ids(batch.input_ids, c, outside)
         x = self.embeddings(batch.input_ids)
         rope = {
             True: rope_cos_sin(batch.position_ids, c.head_dim, c.global_rope_theta),
@@ -550,7 +574,10 @@ class Encoder(PreTrained):
                                  "with from_pretrained)")
             tokenizer = load_tokenizer(src)
         c = self.config
-        seqs = [[c.cls_token_id, *ids[:max_length - 2], c.sep_token_id]
+        # the config's ids when they name a row of the vocabulary, else the tokenizer's
+        cls = c.cls_token_id if c.cls_token_id < c.vocab_size else tokenizer.bos_id
+        sep = c.sep_token_id if c.sep_token_id < c.vocab_size else tokenizer.eos_id
+        seqs = [[cls, *ids[:max_length - 2], sep]
                 for ids in tokenizer.encode_batch(texts)] if texts else []
         out = np.zeros((len(seqs), c.hidden_size), dtype=np.float32)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))

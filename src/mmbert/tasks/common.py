@@ -22,9 +22,7 @@ import torch
 
 from mmbert.config import ModelConfig
 from mmbert.errors import MmbertError
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model")
+from mmbert.hf import TOKENIZER_FILES
 
 
 def set_seed(seed: int) -> None:
@@ -77,8 +75,11 @@ def load_text_tokenizer(model_dir: str | Path, config: ModelConfig,
     """The tokenizer stored with a model (``tokenizer.json``), checked against its vocabulary.
 
     A tokenizer whose vocabulary is larger than the model's embedding matrix would index out of
-    range (or silently use the wrong rows): that is an error, said in one line.
+    range (or silently use the wrong rows): that is an error, said in one line. Framing uses the
+    config's cls/sep ids; one outside the vocabulary (transformers' defaults left in a
+    config.json with a small vocabulary) is taken from the tokenizer, else an error names it.
     """
+    from mmbert.hf import tokenizer_special_ids
     from mmbert.tokenizer import load_tokenizer
 
     p = Path(tokenizer_path) if tokenizer_path is not None else Path(model_dir)
@@ -92,7 +93,14 @@ def load_text_tokenizer(model_dir: str | Path, config: ModelConfig,
         raise MmbertError(f"{f}: tokenizer has {n} tokens but the model's config.json has "
                           f"vocab_size {config.vocab_size}; expected the tokenizer the model was "
                           "trained with")
-    return TextTokenizer(tok, config.cls_token_id, config.sep_token_id, config.pad_token_id,
+    ids = {}
+    for field in ("cls_token_id", "sep_token_id"):
+        ids[field] = getattr(config, field)
+        if ids[field] >= config.vocab_size:
+            ids[field] = tokenizer_special_ids(f).get(field)
+            if ids[field] is None or ids[field] >= config.vocab_size:
+                config.token_id(field, f"framing text as [CLS] ... [SEP] with {f}")  # raises
+    return TextTokenizer(tok, ids["cls_token_id"], ids["sep_token_id"], config.pad_token_id,
                          str(f))
 
 
