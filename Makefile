@@ -7,7 +7,7 @@ CACHE ?= $(HOME)/.cache/mmbert
 export MMBERT_CACHE := $(CACHE)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-slow test-gpu bench venv clean
+.PHONY: demo test test-slow test-gpu bench bench-learning venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-gpu: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/mmbert bench --out runs/bench
+
+bench-learning: $(VENV)/.installed
+	$(PY) benchmarks/bench_learning.py --out runs/bench_learning
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info
