@@ -64,8 +64,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from mmbert.demo import DEMO_VOCAB  # the demo tokenizer's size
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
+
 # tests/conftest.py's demo subset: many scripts, the largest languages of the demo corpus
 DEMO_LANGUAGES = [
     "eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "tur_Latn", "vie_Latn", "isl_Latn",
@@ -105,18 +108,18 @@ def cpu_line(info: dict[str, Any]) -> str:
             f"transformers {info.get('transformers', '?')}, fp32")
 
 
-def build_data(out: Path, languages: list[str]) -> tuple[Path, Path]:
-    """Demo corpus of ``languages`` -> BPE tokenizer (4096) -> shards, as tests/conftest.py
-    builds them; reused when already there."""
+def build_data(out: Path, languages: list[str], vocab: int) -> tuple[Path, Path]:
+    """Demo corpus of ``languages`` -> BPE tokenizer (``vocab``) -> shards, as tests/conftest.py
+    builds them; reused when already there (per vocabulary size)."""
     from mmbert.data.demo import fetch_demo
     from mmbert.data.shards import prepare
     from mmbert.tokenizer import train_tokenizer
 
-    corpus, tok, shards = out / "corpus", out / "tokenizer", out / "shards"
+    corpus, tok, shards = out / "corpus", out / f"tokenizer-{vocab}", out / f"shards-{vocab}"
     if not (corpus / "corpus.json").is_file():
         fetch_demo(corpus, languages=languages, force=True)
     if not (tok / "tokenizer.json").is_file():
-        train_tokenizer(corpus, 4096, tok, languages=languages)
+        train_tokenizer(corpus, vocab, tok, languages=languages)
     if not (shards / "manifest.json").is_file():
         prepare(corpus, tok, shards, languages=languages, workers=1, progress=False)
     return shards, tok
@@ -667,6 +670,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
     ap.add_argument("--tokens", default="300k", help="training tokens (k/M suffixes)")
     ap.add_argument("--languages", type=int, default=8, help="top-k languages of the shards")
+    ap.add_argument("--vocab", type=int, default=DEMO_VOCAB, help="tokenizer size when the "
+                    "data is built here (default: the demo's; smaller vocabularies shrink the "
+                    "sparse-prediction gain)")
     ap.add_argument("--evals", type=int, default=9, help="evaluation points after init")
     ap.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens per language")
     ap.add_argument("--shards", type=Path, help="existing shards (default: built under --out)")
@@ -699,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     info = cpu_info()
     print(cpu_line(info), flush=True)
     shards, tok = (args.shards, args.tokenizer) if args.shards else \
-        build_data(args.out / "data", DEMO_LANGUAGES)
+        build_data(args.out / "data", DEMO_LANGUAGES, args.vocab)
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         if args.profile:
             profile_main(args, shards, tok, Path(tmp), cpu_line(info))

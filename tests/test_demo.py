@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -44,37 +45,65 @@ def test_training_time_sums_steps_of_trunk_and_variants(tmp_path: Path) -> None:
     assert training_time(run) == (2300, 2.0 + 1.0 + 3.0)
 
 
-def test_report_has_tables_and_plots(tmp_path: Path) -> None:
+def _report_input() -> dict:
+    """A demo results dict as evaluate_demo builds it, for languages a, c (trained) and d."""
+    from mmbert.evaluate.learning import (ModelPoint, learning_summary, targets, tier_means)
+
     tier = {"a": TIERS[0], "c": TIERS[1], "d": TIERS[2]}
     acc = {"random init": {"a": 0.0, "c": 0.0, "d": 0.0},
+           "unigram": {"a": 0.05, "c": 0.05, "d": 0.02},
+           "end of pretrain": {"a": 0.1, "c": 0.0, "d": 0.0},
            "end of midtrain": {"a": 0.2, "c": 0.1, "d": 0.0},
            "variant all": {"a": 0.2, "c": 0.1, "d": 0.1},
            "TIES merge": {"a": 0.3, "c": 0.1, "d": 0.05}}
-    from mmbert.demo import _tier_means, learning_summary
-    acc["end of pretrain"] = {"a": 0.1, "c": 0.0, "d": 0.0}
-    r = {"languages": {"pretrain": 1, "midtrain": 2, "decay/all": 3}, "tiers": tier,
-         "train_tokens": {"a": 300, "c": 200, "d": 100},
-         "sampling": {"pretrain": {"a": 1.0}, "decay/all": {"a": 0.5, "c": 0.3, "d": 0.2}},
-         "mlm_accuracy": acc, "tier_means": {k: _tier_means(v, tier) for k, v in acc.items()},
-         "learning": learning_summary(acc, tier, ["pretrain", "midtrain"]),
-         "loss_curves": {"pretrain": [(10, 9.0), (20, 8.0)]},
-         "merge": {"method": "ties", "density": 0.5, "base": "end of midtrain", "models": ["all"]},
-         "tokens_per_s": 1000.0, "train_wall_s": 12.0}
-    report = write_demo_report(tmp_path, r)
-    text = report.read_text()
-    assert "| TIES merge | 30.0 | 10.0 | 5.0 | 15.0 |" in text
-    assert "1 of 1 improved" in text  # d: 0.0 before the decay -> 0.05 merged
+    mlm = {k: {l: {"accuracy": a, "loss": 5.0 - 10 * a} for l, a in v.items()}
+           for k, v in acc.items()}
+    points = [ModelPoint("random init", "random:x", 0, "baseline"),
+              ModelPoint("unigram", "unigram:x", 0, "baseline"),
+              ModelPoint("end of pretrain", "p", 100, "trunk"),
+              ModelPoint("end of midtrain", "m", 200, "trunk"),
+              ModelPoint("variant all", "v", 300, "all"),
+              ModelPoint("TIES merge", "t", 300, "merge")]
+    summary = learning_summary(mlm, tier, TIERS, "end of pretrain", "end of midtrain",
+                               "TIES merge")
+    return {"languages": {"pretrain": 1, "midtrain": 2, "decay/all": 3}, "tiers": tier,
+            "train_tokens": {"a": 300, "c": 200, "d": 100},
+            "sampling": {"pretrain": {"a": 1.0}, "decay/all": {"a": 0.5, "c": 0.3, "d": 0.2}},
+            "models": [dataclasses.asdict(p) for p in points], "mlm": mlm,
+            "tier_means": {k: tier_means(v, tier, TIERS) for k, v in mlm.items()},
+            "tier_loss": {k: tier_means(v, tier, TIERS, "loss") for k, v in mlm.items()},
+            "learning": summary, "targets": targets(mlm, tier, TIERS, "TIES merge", summary),
+            "fill_mask": [{"lang": "a", "text": "x <mask> y", "answer": "b", "top": ["b", "c"],
+                           "correct": True, "in_top": True}],
+            "loss_curves": {"pretrain": [(10, 9.0), (20, 8.0)]},
+            "merge": {"method": "ties", "density": 0.5, "base": "end of midtrain",
+                      "models": ["all"]},
+            "tokens_per_s": 1000.0, "train_wall_s": 12.0, "eval_tokens": 512}
+
+
+def test_report_has_tables_baselines_and_plots(tmp_path: Path) -> None:
+    r = _report_input()
+    text = write_demo_report(tmp_path, r).read_text()
+    # per tier, baselines first; in brackets: languages above their own unigram baseline
+    assert "| unigram | 0 | 5.0 | 5.0 | 2.0 | 4.0 | 4.60 |" in text
+    assert "| TIES merge | 300 | 30.0 (1) | 10.0 (1) | 5.0 (1) | 15.0 (3) | 3.50 |" in text
+    assert text.index("| random init |") < text.index("| end of pretrain |")
+    # the targets, measured: phase-1 tier 30.0 vs 5.0 = 6x; decay-only gain +5 only via merge
+    assert "| phase 1 languages: at least 5x their unigram baseline | yes | 30.0 vs 5.0 (6.0x) |" \
+        in text
+    assert "the merge keeps >= 90% of the best variant's decay-only gain | NO | 50% |" in text
     # first checkpoint (end of pretrain) -> merge: a +20, c +10, d +5 points; mean +11.7
     assert "| 3 | 3.3 | 15.0 | +11.7 ± 4.4 | 3 / 0 |" in text
-    # the decay-only language d under variant all: 0 -> 10
     assert "(end of midtrain -> variant all) | 1 | 0.0 | 10.0 | +10.0 ± 0.0 | 1 / 0 |" in text
-    for png in ("loss", "sampling", "mlm_per_language", "variants_merge"):
+    assert "| a | x <mask> y | 'b' | **'b'**, 'c' |" in text
+    assert "1 of 1 improved" in text  # d: 0.0 before the decay -> 0.05 merged
+    for png in ("learning_curve", "loss", "sampling", "mlm_per_language"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "results.json").read_text())["tiers"] == tier
+    assert json.loads((tmp_path / "results.json").read_text())["tiers"] == r["tiers"]
 
 
 def test_learning_summary_pairs_languages() -> None:
-    from mmbert.demo import learning_summary
+    from mmbert.evaluate.learning import learning_summary
 
     tier = {"a": TIERS[0], "b": TIERS[0], "d": TIERS[2], "e": TIERS[2]}
     acc = {"random init": dict.fromkeys("abde", 0.0),
@@ -82,7 +111,8 @@ def test_learning_summary_pairs_languages() -> None:
            "end of p2": {"a": 0.2, "b": 0.2, "d": 0.01, "e": 0.03},
            "variant all": {"a": 0.2, "b": 0.2, "d": 0.05, "e": 0.01},
            "TIES merge": {"a": 0.3, "b": 0.3, "d": 0.03, "e": 0.03}}
-    s = learning_summary(acc, tier, ["p1", "p2"])
+    scores = {k: {l: {"accuracy": a} for l, a in v.items()} for k, v in acc.items()}
+    s = learning_summary(scores, tier, TIERS, "end of p1", "end of p2", "TIES merge")
     f = s["final_vs_first"]
     assert (f["from"], f["to"], f["languages"], f["up"], f["down"]) == \
         ("end of p1", "TIES merge", 4, 3, 0)  # b unchanged
@@ -90,6 +120,7 @@ def test_learning_summary_pairs_languages() -> None:
     d = s["decay_only"]["variant all"]  # only d and e, from the end of the last trunk phase
     assert d["languages"] == 2 and (d["up"], d["down"]) == (1, 1)
     assert abs(d["gain"] - (0.04 - 0.02) / 2) < 1e-12 and abs(d["gain_se"] - 0.03) < 1e-12
+    assert abs(s["merge_keeps"] - 0.01 / 0.01) < 1e-12  # merge +1.0 on d/e vs variant +1.0
 
 
 def test_demo_without_recipe_is_one_clear_error(tmp_path: Path, capsys) -> None:

@@ -104,10 +104,9 @@ def test_mlm_accuracy_from_shards_and_corpus(tiny_model: Path, demo_shards: Path
     assert set(c) == {"fra_Latn", "eng_Latn"}
 
 
-def test_mlm_accuracy_learns(demo_tokenizer: Path, demo_shards: Path, tmp_path: Path) -> None:
-    """A model that predicts the input token at unmasked-looking positions scores the 10 %
-    kept tokens: the metric measures argmax == original, not just [MASK] positions."""
-    from mmbert.evaluate import mlm_accuracy_per_language
+def _copy_model(demo_tokenizer: Path):
+    """A model whose prediction at every position is (about) its input token: it scores only by
+    copying the input."""
     from mmbert.config import preset
     from mmbert.model import MaskedLM
     from mmbert.tokenizer import load_tokenizer
@@ -115,14 +114,63 @@ def test_mlm_accuracy_learns(demo_tokenizer: Path, demo_shards: Path, tmp_path: 
     tok = load_tokenizer(demo_tokenizer)
     cfg = preset("tiny").replace(vocab_size=tok.vocab_size, num_hidden_layers=1,
                                  hidden_size=64, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
     m = MaskedLM(cfg)
     with torch.no_grad():  # identity-ish: output logits = embedding similarity of the input
         for p in m.model.layers.parameters():
             p.zero_()
         m.head.dense.weight.copy_(torch.eye(64) * 4)
-    acc = mlm_accuracy_per_language(m, demo_shards, languages=["fra_Latn"], max_tokens=256,
-                                    details=True)["fra_Latn"]
-    assert 0.0 < acc["accuracy"] < 0.5
+    return m
+
+
+def test_mlm_metric_never_scores_unchanged_positions(demo_tokenizer: Path,
+                                                     demo_shards: Path) -> None:
+    """A model that copies its input gets ~10 % under the 80/10/10 corruption (the kept tokens)
+    but nothing on the headline metric, where every scored position holds the mask token."""
+    from mmbert.evaluate import mlm_accuracy_per_language
+    from mmbert.evaluate.mlm import HeldoutMlm
+
+    m = _copy_model(demo_tokenizer)
+    r = mlm_accuracy_per_language(m, demo_shards, languages=["fra_Latn", "rus_Cyrl"],
+                                  max_tokens=512, details=True, corrupted=True)
+    for lang, s in r.items():
+        assert s["accuracy"] == 0.0, lang
+        assert 0.04 < s["accuracy_801010"] < 0.3, (lang, s)
+    held = HeldoutMlm(demo_shards, m.config, languages=["fra_Latn"], max_tokens=512)
+    for x, w, sel in zip(held._inputs("fra_Latn", False), held.sets["fra_Latn"].ids,
+                         held.sets["fra_Latn"].selected):
+        assert (x[sel] == held.mask_id).all() and (x[~sel] == w[~sel]).all()
+
+
+def test_unigram_baseline_from_train_text_only(demo_tokenizer: Path, demo_shards: Path) -> None:
+    """The unigram baseline counts the training split: its token is the training mode, which
+    on held-out text is not the held-out mode for every language, and it scores exactly the
+    share of that token among the scored positions."""
+    from collections import Counter
+
+    from mmbert.data.shards import ShardSet
+    from mmbert.evaluate.mlm import HeldoutMlm
+
+    m = _copy_model(demo_tokenizer)
+    held = HeldoutMlm(demo_shards, m.config, max_tokens=2048)
+    uni, scores = held.unigrams(), held.score_unigram()
+    train, heldout = ShardSet(demo_shards, split="train"), ShardSet(demo_shards, split="heldout")
+    special = {m.config.cls_token_id, m.config.sep_token_id, m.config.mask_token_id,
+               m.config.pad_token_id}
+
+    def mode(ss: ShardSet, lang: str) -> int:
+        c = Counter(int(t) for i in range(ss.num_docs(lang)) for t in ss.doc(lang, i)
+                    if int(t) not in special)
+        return c.most_common(1)[0][0]
+
+    differs = 0
+    for lang, u in uni.items():
+        assert u.top == mode(train, lang), lang
+        differs += u.top != mode(heldout, lang)
+        y = held.sets[lang].labels
+        assert scores[lang].accuracy == pytest.approx(float((y == u.top).mean()))
+        assert scores[lang].masked == len(y)
+    assert differs >= 1  # the held-out mode would have been a different (leaked) baseline
 
 
 def test_derived_tasks(demo_corpus: Path, tmp_path: Path, capsys) -> None:

@@ -304,10 +304,12 @@ def _cmd_eval(a: argparse.Namespace) -> None:
                                  max_length=a.max_length)
         print(json.dumps(res, indent=2))
         return
-    if a.corpus is None:
-        raise MmbertError("mmbert eval: expected --corpus DIR (the demo suite) or --data FILE "
-                          "(score a fine-tuned classifier)")
     from mmbert.evaluate import evaluate_suite
+
+    if a.corpus is None:  # the demo suite's own corpus, cached
+        from mmbert.data.demo import cached_demo_corpus
+
+        a.corpus = cached_demo_corpus(lambda m: print(m, file=sys.stderr))
 
     names = [b.strip() for b in a.baselines.split(",") if b.strip()] if a.baselines else []
     r = evaluate_suite(a.model, a.corpus, a.out, suite=a.suite, shards_dir=a.shards,
@@ -354,7 +356,8 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                        "retrieval, cross-lingual classification, tagging) vs baselines")
     p.add_argument("model", help="a transformers ModernBERT directory")
     p.add_argument("--suite", default="demo", help="evaluation suite (demo)")
-    p.add_argument("--corpus", default=None, help="demo corpus directory (mmbert data fetch-demo)")
+    p.add_argument("--corpus", default=None, help="demo corpus directory (default: the cached "
+                   "one, $MMBERT_CACHE/demo-corpus, built on first use)")
     p.add_argument("--out", default="runs/eval", help="report directory")
     p.add_argument("--shards", default=None, help="shards directory: held-out MLM data and "
                    "training token counts per language (default: from the corpus)")

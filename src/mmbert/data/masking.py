@@ -28,40 +28,32 @@ class Masker:
         self._special[[i for i in special_ids if 0 <= i < vocab_size]] = True
         self._allowed = np.flatnonzero(~self._special).astype(np.int64)
 
-    def __call__(self, ids: np.ndarray, ratio: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (masked input ids, labels), both int64 like ``ids``."""
+    def select(self, ids: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+        """Positions chosen for prediction: each non-special token with probability ``ratio``."""
         if not 0.0 <= ratio <= 1.0:
             raise MmbertError(f"mask ratio {ratio}: expected a value in [0, 1]")
         ids = np.asarray(ids, dtype=np.int64)
-        n = len(ids)
-        u = rng.random(n, dtype=np.float32)
-        sel = (u < ratio) & ~self._special[ids]
-        labels = np.where(sel, ids, IGNORE_INDEX)
+        u = rng.random(len(ids), dtype=np.float32)
+        return (u < ratio) & ~self._special[ids]
+
+    def corrupt(self, ids: np.ndarray, selected: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(input ids, labels) for the ``selected`` positions under this masker's mask / random /
+        keep shares."""
+        ids = np.asarray(ids, dtype=np.int64)
+        labels = np.where(selected, ids, IGNORE_INDEX)
         out = ids.copy()
-        idx = np.flatnonzero(sel)
+        idx = np.flatnonzero(selected)
         r = rng.random(len(idx), dtype=np.float32)
         out[idx[r < self.mask_prob]] = self.mask_id
         rand = idx[(r >= self.mask_prob) & (r < self.mask_prob + self.random_prob)]
         out[rand] = self._allowed[rng.integers(0, len(self._allowed), size=len(rand))]
         return out, labels
 
+    def is_special(self, ids: np.ndarray) -> np.ndarray:
+        return self._special[np.asarray(ids, dtype=np.int64)]
 
-def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, ratio: float, mask_id: int,
-                vocab_size: int, special: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Functional form for evaluation: like :class:`Masker`, but at least one position is
-    selected when any token is maskable (a short held-out document always gets a prediction)."""
-    m = Masker(vocab_size, frozenset(int(i) for i in np.asarray(special).ravel()), mask_id)
-    ids = np.asarray(ids, dtype=np.int64)
-    out, labels = m(ids, ratio, rng)
-    if not (labels != IGNORE_INDEX).any():
-        cand = np.flatnonzero(~m._special[ids])
-        if cand.size:
-            i = int(rng.choice(cand))
-            labels[i] = ids[i]
-            r = rng.random()
-            if r < m.mask_prob:
-                out[i] = mask_id
-            elif r < m.mask_prob + m.random_prob:
-                out[i] = m._allowed[rng.integers(len(m._allowed))]
-    return out, labels
+    def __call__(self, ids: np.ndarray, ratio: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (masked input ids, labels), both int64 like ``ids``."""
+        return self.corrupt(ids, self.select(ids, ratio, rng), rng)

@@ -36,11 +36,29 @@ def training_sizes(corpus, shards_dir: str | Path | None) -> tuple[dict[str, int
 
 def _mlm_task(system, data, languages: list[str] | None, eval_langs: list[str], seed: int,
               max_tokens: int) -> dict[str, Any]:
-    per = mlm_accuracy_per_language(system.mlm, data, languages=languages, seed=seed,
-                                    max_tokens=max_tokens, tokenizer_dir=system.tt.source)
-    vals = [per[l] for l in eval_langs if l in per]
-    return {"per_language": per, "mean": sum(vals) / len(vals) if vals else float("nan"),
-            "mean_all": sum(per.values()) / len(per) if per else float("nan"), "chance": 0.0}
+    """Held-out MLM scores (mask token at every scored position) with the 80/10/10 score and
+    the per-language unigram baseline on the same positions."""
+    from mmbert.evaluate.mlm import heldout_mlm
+
+    model, held = heldout_mlm(system.mlm, data, tokenizer_dir=system.tt.source,
+                              languages=languages, seed=seed, max_tokens=max_tokens)
+    scores = held.score(model, corrupted=True)
+    unigram = held.score_unigram()
+
+    def mean(vals: list[float]) -> float:
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    ev = [l for l in eval_langs if l in scores]
+    return {"per_language": {l: s.accuracy for l, s in scores.items()},
+            "details": {l: s.to_dict() for l, s in scores.items()},
+            "unigram": {l: s.accuracy for l, s in unigram.items()},
+            "mean": mean([scores[l].accuracy for l in ev]),
+            "mean_all": mean([s.accuracy for s in scores.values()]),
+            "mean_801010": mean([scores[l].accuracy_801010 for l in ev]),
+            "loss": mean([scores[l].loss for l in ev]),
+            "chance": mean([unigram[l].accuracy for l in ev if l in unigram]),
+            "beats_unigram": [sum(scores[l].accuracy > unigram[l].accuracy for l in ev
+                                  if l in unigram), sum(l in unigram for l in ev)]}
 
 
 def _languages(corpus, sizes: dict[str, int], languages: Sequence[str] | None,

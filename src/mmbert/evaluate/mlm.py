@@ -1,31 +1,76 @@
-"""Held-out masked-LM accuracy per language.
+"""Held-out masked-LM scores per language: accuracy and loss where the input holds the mask.
 
 Each language's held-out documents (token shards' ``heldout`` split, or the corpus'
 ``heldout/<lang>.txt`` tokenised with the model's tokenizer) are cut into ``[CLS] ... [SEP]``
 windows of at most ``seq_len`` tokens, up to ``max_tokens`` tokens per language. A fixed share
-(15% by default) of the non-special tokens is masked with the pre-training 80/10/10 rule, from a
-generator seeded by (seed, language), so a language's score does not depend on which other
-languages are evaluated. Accuracy = argmax prediction equals the original token, over all
-masked positions (replaced by [MASK], random, or kept).
+(15% by default) of the non-special tokens is *selected* from a generator seeded by (seed,
+language), so a language's score does not depend on which other languages are evaluated.
+
+The headline metric (:class:`MlmScore` ``accuracy`` / ``loss``) replaces **every** selected
+position by the mask token: under pre-training's 80/10/10 rule the 10% of selected positions
+left unchanged are answered by copying the input, which inflates the accuracy of a weak model
+several-fold. That 80/10/10 score stays available as ``accuracy_801010`` (``corrupted=True``),
+on the same selected positions, and is never the headline.
+
+Baselines on the same positions: :func:`unigram_baselines` (always predict the language's most
+frequent *training* token; its loss is the add-one smoothed training unigram distribution) and
+a random initialisation (any model).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmbert.data.masking import mask_tokens
+from mmbert.data.masking import IGNORE_INDEX, Masker
 from mmbert.errors import MmbertError
 from mmbert.tasks.common import length_batches, load_text_tokenizer, pack
 
+DEFAULT_MASK_RATIO = 0.15
 
-def _rng(seed: int, lang: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(lang.encode("utf-8"))])
+
+@dataclass(frozen=True)
+class MlmScore:
+    """One language's held-out masked-LM score (see the module docstring)."""
+
+    accuracy: float  # argmax == original, input holds the mask token at every selected position
+    loss: float  # mean cross-entropy (nats) over the same positions
+    masked: int  # selected positions scored
+    tokens: int  # held-out tokens in the windows (specials excluded)
+    accuracy_801010: float | None = None  # same positions, 80/10/10 corruption (copyable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MaskedWindows:
+    """One language's evaluation windows: the original ids and the selected positions."""
+
+    ids: list[np.ndarray]
+    selected: list[np.ndarray]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(w) - 2 for w in self.ids)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The original ids at every selected position, in window order."""
+        return np.concatenate([w[s] for w, s in zip(self.ids, self.selected)]) if self.ids \
+            else np.zeros(0, dtype=np.int64)
+
+
+def _rng(seed: int, lang: str, stream: int = 0) -> np.random.Generator:
+    key = [seed, zlib.crc32(lang.encode("utf-8"))] + ([stream] if stream else [])
+    return np.random.default_rng(key)
 
 
 def windows(docs: Sequence[Sequence[int]], seq_len: int, cls_id: int, sep_id: int,
@@ -123,65 +168,161 @@ def check_shards_tokenizer(shards: str | Path, config, tokenizer_dir: str | Path
                       f"tokenizer.json; MLM accuracy assumes the same vocabulary", stacklevel=3)
 
 
-def mlm_accuracy_per_language(model_dir_or_model, data: str | Path, split: str = "heldout", *,
-                              languages: Sequence[str] | None = None, mask_ratio: float = 0.15,
-                              seed: int = 0, seq_len: int = 256, max_tokens: int = 2048,
-                              batch_tokens: int = 8192, tokenizer_dir: str | Path | None = None,
-                              details: bool = False) -> dict[str, Any]:
-    """Held-out MLM accuracy per language ``{lang: accuracy}`` (cheap: capped per language).
+def _special_ids(config) -> set[int]:
+    return {config.pad_token_id, config.cls_token_id, config.sep_token_id, config.mask_token_id,
+            config.bos_token_id, config.eos_token_id}
 
-    ``data`` is a shards directory or a demo corpus directory. With ``details=True`` returns
-    ``{lang: {"accuracy", "masked", "tokens"}}`` instead. A model object needs
-    ``tokenizer_dir`` when ``data`` is a corpus.
-    """
-    if not 0 < mask_ratio < 1:
-        raise MmbertError(f"mask_ratio {mask_ratio}: expected a value in (0, 1)")
+
+@dataclass(frozen=True)
+class Unigram:
+    """A language's training-token counts: predicts its most frequent token everywhere."""
+
+    top: int
+    counts: Mapping[int, int]
+    total: int
+
+    def log_prob(self, ids: np.ndarray, vocab_size: int) -> np.ndarray:
+        """Add-one smoothed log-probability of each id under the training unigram."""
+        c = np.array([self.counts.get(int(t), 0) for t in ids], dtype=np.float64)
+        return np.log((c + 1.0) / (self.total + vocab_size))
+
+
+class HeldoutMlm:
+    """The held-out windows and selected positions of every language, prepared once and scored
+    for any number of models (and the unigram baseline) on exactly the same positions."""
+
+    def __init__(self, data: str | Path, config, *, split: str = "heldout",
+                 languages: Sequence[str] | None = None,
+                 mask_ratio: float = DEFAULT_MASK_RATIO, seed: int = 0, seq_len: int = 256,
+                 max_tokens: int | None = 2048, tokenizer=None):
+        if not 0 < mask_ratio < 1:
+            raise MmbertError(f"mask_ratio {mask_ratio}: expected a value in (0, 1)")
+        self.data, self.config, self.seed, self.tokenizer = Path(data), config, seed, tokenizer
+        what = "held-out MLM evaluation"
+        cls, sep = config.token_id("cls_token_id", what), config.token_id("sep_token_id", what)
+        self.mask_id = config.token_id("mask_token_id", what)
+        self.masker = Masker(config.vocab_size, frozenset(_special_ids(config)), self.mask_id)
+        docs = heldout_documents(data, languages, split, tokenizer)
+        self.sets: dict[str, MaskedWindows] = {}
+        for lang in sorted(docs):
+            win = windows(docs[lang], seq_len, cls, sep, max_tokens)
+            if win:
+                self.sets[lang] = self._select(lang, [np.asarray(w, dtype=np.int64)
+                                                      for w in win], mask_ratio)
+
+    def _select(self, lang: str, win: list[np.ndarray], ratio: float) -> MaskedWindows:
+        rng = _rng(self.seed, lang)
+        sel = []
+        for w in win:
+            s = self.masker.select(w, ratio, rng)
+            if not s.any():  # a short window always gets a prediction
+                cand = np.flatnonzero(~self.masker.is_special(w))
+                if cand.size:
+                    s[int(rng.choice(cand))] = True
+            sel.append(s)
+        return MaskedWindows(win, sel)
+
+    def _inputs(self, lang: str, corrupted: bool) -> list[np.ndarray]:
+        m = self.sets[lang]
+        if not corrupted:  # the mask token at every selected position
+            return [np.where(s, self.mask_id, w) for w, s in zip(m.ids, m.selected)]
+        rng = _rng(self.seed, lang, stream=1)
+        return [self.masker.corrupt(w, s, rng)[0] for w, s in zip(m.ids, m.selected)]
+
+    def _run(self, model, corrupted: bool,
+             batch_tokens: int) -> tuple[dict[str, int], dict[str, float]]:
+        """(correct predictions, summed loss) per language for one input variant."""
+        seqs, labels, owner = [], [], []
+        for lang, m in self.sets.items():
+            for x, w, s in zip(self._inputs(lang, corrupted), m.ids, m.selected):
+                seqs.append(x)
+                labels.append(np.where(s, w, IGNORE_INDEX))
+                owner.append(lang)
+        correct = dict.fromkeys(self.sets, 0)
+        loss = dict.fromkeys(self.sets, 0.0)
+        model.eval()
+        batches = length_batches([len(s) for s in seqs], 10**9, max_tokens=batch_tokens)
+        with torch.no_grad():
+            for b in tqdm(batches, desc="mlm eval", unit="batch", leave=False, disable=None):
+                res = model(**pack([seqs[i] for i in b]).kwargs(),
+                            labels=torch.from_numpy(np.concatenate([labels[i] for i in b])))
+                y = np.concatenate([labels[i][labels[i] != IGNORE_INDEX] for i in b])
+                hit = res.logits.argmax(-1).numpy() == y
+                tl = res.token_loss.float().numpy()
+                n = np.array([int((labels[i] != IGNORE_INDEX).sum()) for i in b])
+                ends = np.cumsum(n)
+                for k, i in enumerate(b):
+                    lo, hi = ends[k] - n[k], ends[k]
+                    correct[owner[i]] += int(hit[lo:hi].sum())
+                    loss[owner[i]] += float(tl[lo:hi].sum())
+        return correct, loss
+
+    def score(self, model, *, corrupted: bool = False,
+              batch_tokens: int = 8192) -> dict[str, MlmScore]:
+        """Per-language scores of ``model`` (a MaskedLM); ``corrupted`` adds the 80/10/10
+        column (a second forward pass)."""
+        correct, loss = self._run(model, False, batch_tokens)
+        extra = self._run(model, True, batch_tokens)[0] if corrupted else None
+        out = {}
+        for lang, m in self.sets.items():
+            n = len(m.labels)
+            out[lang] = MlmScore(accuracy=correct[lang] / n, loss=loss[lang] / n, masked=n,
+                                 tokens=m.tokens,
+                                 accuracy_801010=extra[lang] / n if extra else None)
+        return out
+
+    def unigrams(self) -> dict[str, Unigram]:
+        """Per-language token counts of the *training* split of the same data."""
+        docs = heldout_documents(self.data, list(self.sets), "train", self.tokenizer)
+        special = _special_ids(self.config)
+        out = {}
+        for lang, ds in docs.items():
+            c = Counter(int(t) for d in ds for t in np.asarray(d).tolist() if t not in special)
+            if c:
+                out[lang] = Unigram(top=c.most_common(1)[0][0], counts=c, total=sum(c.values()))
+        return out
+
+    def score_unigram(self) -> dict[str, MlmScore]:
+        """The per-language unigram baseline on the same positions (languages with training
+        text only)."""
+        out = {}
+        for lang, u in self.unigrams().items():
+            m = self.sets[lang]
+            y = m.labels
+            out[lang] = MlmScore(accuracy=float((y == u.top).mean()),
+                                 loss=float(-u.log_prob(y, self.config.vocab_size).mean()),
+                                 masked=len(y), tokens=m.tokens)
+        return out
+
+
+def heldout_mlm(model_dir_or_model, data: str | Path, split: str = "heldout", *,
+                tokenizer_dir: str | Path | None = None, **kwargs: Any):
+    """(MaskedLM, :class:`HeldoutMlm`) for a model directory or object and a shards or corpus
+    directory; ``kwargs`` go to :class:`HeldoutMlm`."""
     model, mdir = _load(model_dir_or_model)
-    config = model.config
     tok = None
     if (Path(data) / "manifest.json").is_file():
-        check_shards_tokenizer(data, config, tokenizer_dir or mdir)
+        check_shards_tokenizer(data, model.config, tokenizer_dir or mdir)
     elif (Path(data) / "corpus.json").is_file():
-        tok = load_text_tokenizer(tokenizer_dir or mdir, config)
-    docs = heldout_documents(data, languages, split, tok)
-    special = np.array(sorted({config.pad_token_id, config.cls_token_id, config.sep_token_id,
-                               config.mask_token_id, config.bos_token_id, config.eos_token_id}))
-    model.eval()
-    # Mask every language first (own generator each), then run one length-sorted pass over all
-    # windows: big batches of similar length are far cheaper than one small batch per language.
-    seqs: list[list[int]] = []
-    labels: list[np.ndarray] = []
-    owner: list[str] = []
-    tokens: dict[str, int] = {}
-    for lang in sorted(docs):
-        win = windows(docs[lang], seq_len, config.cls_token_id, config.sep_token_id, max_tokens)
-        rng = _rng(seed, lang)
-        for w in win:
-            x, y = mask_tokens(np.asarray(w), rng, ratio=mask_ratio, mask_id=config.mask_token_id,
-                               vocab_size=config.vocab_size, special=special)
-            seqs.append(x.tolist())
-            labels.append(y)
-            owner.append(lang)
-        if win:
-            tokens[lang] = sum(len(w) - 2 for w in win)
-    correct = dict.fromkeys(tokens, 0)
-    total = dict.fromkeys(tokens, 0)
-    batches = length_batches([len(s) for s in seqs], 10**9, max_tokens=batch_tokens)
-    with torch.no_grad():
-        for b in tqdm(batches, desc="mlm accuracy", unit="batch", leave=False, disable=None):
-            p = pack([seqs[i] for i in b])
-            y = torch.from_numpy(np.concatenate([labels[i] for i in b]))
-            res = model(**p.kwargs(), labels=y)
-            hit = (res.logits.argmax(-1) == y[res.predict_positions]).numpy()
-            row = np.repeat(np.arange(len(b)), [len(seqs[i]) for i in b])[
-                res.predict_positions.numpy()]
-            for r, h in zip(row.tolist(), hit.tolist()):
-                lang = owner[b[r]]
-                total[lang] += 1
-                correct[lang] += int(h)
-    out: dict[str, Any] = {}
-    for lang in sorted(tokens):
-        acc = correct[lang] / total[lang] if total[lang] else float("nan")
-        out[lang] = ({"accuracy": acc, "masked": total[lang], "tokens": tokens[lang]}
-                     if details else acc)
-    return out
+        tok = load_text_tokenizer(tokenizer_dir or mdir, model.config)
+    return model, HeldoutMlm(data, model.config, split=split, tokenizer=tok, **kwargs)
+
+
+def mlm_accuracy_per_language(model_dir_or_model, data: str | Path, split: str = "heldout", *,
+                              languages: Sequence[str] | None = None,
+                              mask_ratio: float = DEFAULT_MASK_RATIO, seed: int = 0,
+                              seq_len: int = 256, max_tokens: int = 2048,
+                              batch_tokens: int = 8192, tokenizer_dir: str | Path | None = None,
+                              details: bool = False, corrupted: bool = False) -> dict[str, Any]:
+    """Held-out MLM accuracy per language ``{lang: accuracy}`` (mask token at every selected
+    position; cheap: capped per language).
+
+    ``data`` is a shards directory or a demo corpus directory. With ``details=True`` returns
+    ``{lang: MlmScore.to_dict()}`` instead. A model object needs ``tokenizer_dir`` when ``data``
+    is a corpus. ``corrupted`` also scores the 80/10/10 input (``accuracy_801010``).
+    """
+    model, held = heldout_mlm(model_dir_or_model, data, split, tokenizer_dir=tokenizer_dir,
+                              languages=languages, mask_ratio=mask_ratio, seed=seed,
+                              seq_len=seq_len, max_tokens=max_tokens)
+    scores = held.score(model, corrupted=corrupted, batch_tokens=batch_tokens)
+    return {lang: (s.to_dict() if details else s.accuracy) for lang, s in scores.items()}

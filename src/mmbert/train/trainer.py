@@ -697,8 +697,8 @@ def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, 
     state, data_states, resume_step = TrainState(), None, None
     if resume:
         c = latest(trunk_root)
-        if c is not None:
-            state = trainer.restore(c, rng=True)
+        if c is not None:  # the RNG matters only when training continues from it
+            state = trainer.restore(c, rng=int(c.trainer["phase_index"]) < len(trunk))
             data_states = c.trainer["data"] or None
             resume_step = state.step
             log(f"resumed from {c.path} (step {state.step}, {state.tokens:,} tokens)")
