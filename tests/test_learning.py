@@ -28,8 +28,8 @@ def test_one_language_run_beats_its_unigram_baseline(demo_shards: Path, demo_tok
         "model": {"preset": "tiny", "overrides": {"num_hidden_layers": 2,
                                                   "max_position_embeddings": 128}},
         "checkpoint": {"every_steps": 1000, "keep_last": 1},
-        "phases": [{"name": "p1", "tokens": "160k", "languages": [LANG], "tau": 0.7,
-                    "mask_ratio": 0.3, "seq_len": 128, "batch_tokens": 1024, "lr": 2e-3,
+        "phases": [{"name": "p1", "tokens": "300k", "languages": [LANG], "tau": 0.7,
+                    "mask_ratio": 0.3, "seq_len": 128, "batch_tokens": 1024, "lr": 1e-3,
                     "warmup_tokens": "5%", "decay_tokens": "20%", "decay_shape": "1-sqrt",
                     "global_rope_theta": 10000, "local_rope_theta": 10000}]}, "test.yaml")
     n = torch.get_num_threads()

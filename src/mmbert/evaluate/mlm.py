@@ -20,7 +20,6 @@ a random initialisation (any model).
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -175,16 +174,19 @@ def _special_ids(config) -> set[int]:
 
 @dataclass(frozen=True)
 class Unigram:
-    """A language's training-token counts: predicts its most frequent token everywhere."""
+    """A language's training-token counts (``counts[id]``, specials zeroed): predicts its most
+    frequent token everywhere."""
 
-    top: int
-    counts: Mapping[int, int]
-    total: int
+    counts: np.ndarray
 
-    def log_prob(self, ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    @property
+    def top(self) -> int:
+        return int(self.counts.argmax())
+
+    def log_prob(self, ids: np.ndarray) -> np.ndarray:
         """Add-one smoothed log-probability of each id under the training unigram."""
-        c = np.array([self.counts.get(int(t), 0) for t in ids], dtype=np.float64)
-        return np.log((c + 1.0) / (self.total + vocab_size))
+        c = self.counts.astype(np.float64)
+        return np.log((c[np.asarray(ids)] + 1.0) / (c.sum() + len(c)))
 
 
 class HeldoutMlm:
@@ -274,12 +276,14 @@ class HeldoutMlm:
     def unigrams(self) -> dict[str, Unigram]:
         """Per-language token counts of the *training* split of the same data."""
         docs = heldout_documents(self.data, list(self.sets), "train", self.tokenizer)
-        special = _special_ids(self.config)
+        special = [i for i in _special_ids(self.config) if 0 <= i < self.config.vocab_size]
         out = {}
         for lang, ds in docs.items():
-            c = Counter(int(t) for d in ds for t in np.asarray(d).tolist() if t not in special)
-            if c:
-                out[lang] = Unigram(top=c.most_common(1)[0][0], counts=c, total=sum(c.values()))
+            ids = np.concatenate([np.asarray(d, dtype=np.int64) for d in ds]) if ds else []
+            counts = np.bincount(ids, minlength=self.config.vocab_size)[:self.config.vocab_size]
+            counts[special] = 0
+            if counts.any():
+                out[lang] = Unigram(counts)
         return out
 
     def score_unigram(self) -> dict[str, MlmScore]:
@@ -290,7 +294,7 @@ class HeldoutMlm:
             m = self.sets[lang]
             y = m.labels
             out[lang] = MlmScore(accuracy=float((y == u.top).mean()),
-                                 loss=float(-u.log_prob(y, self.config.vocab_size).mean()),
+                                 loss=float(-u.log_prob(y).mean()),
                                  masked=len(y), tokens=m.tokens)
         return out
 
