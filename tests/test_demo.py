@@ -154,13 +154,19 @@ def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, cap
     captured = capfd.readouterr()
     assert "2 rank(s)" in captured.out + captured.err  # the trainer ran data-parallel
     r = json.loads((out / "results.json").read_text())
-    n_lang = len(r["mlm_accuracy"]["TIES merge"])  # languages with held-out text
+    n_lang = len(r["mlm"]["TIES merge"])  # languages with held-out text
     assert n_lang >= 400 and r["learning"]["final_vs_first"]["languages"] == n_lang
+    # both baselines on the same languages; every scored language has a unigram baseline
+    assert set(r["mlm"]["random init"]) == set(r["mlm"]["TIES merge"]) == set(r["mlm"]["unigram"])
+    assert [p["name"] for p in r["models"]][:2] == ["random init", "unigram"]
+    assert len(r["targets"]) == 6 and r["fill_mask"]
     assert set(r["learning"]["decay_only"]) == {"variant all", "variant cont", "variant high",
                                                 "TIES merge"}
     assert r["tokens_per_s"] > 0 and r["train_wall_s"] > 0
     text = (out / "report.md").read_text()
     assert "## Does the demo learn?" in text and "first checkpoint -> final model" in text
+    assert "## Fill-mask on held-out sentences" in text and "| unigram |" in text
+    assert (out / "plots" / "learning_curve.png").is_file()
     for d in ["run/export/pretrain", "run/export/midtrain", "merged",
               *(f"run/variants/{v}/export" for v in ("high", "cont", "all"))]:
         assert (out / d / "model.safetensors").is_file() and (out / d / "tokenizer.json").is_file()

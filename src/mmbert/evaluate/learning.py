@@ -119,9 +119,10 @@ def targets(scores: Scores, tier: Mapping[str, str], tiers: Sequence[str], final
         out.append(("decay-only languages gain during the decay by > 3 standard errors",
                     best["gain"] > 3 * best["gain_se"],
                     f"{best['to']}: {100 * best['gain']:+.1f} ± {100 * best['gain_se']:.1f}"))
-    if "merge_keeps" in summary:
-        out.append(("the merge keeps >= 90% of the best variant's decay-only gain",
-                    summary["merge_keeps"] >= 0.9, f"{100 * summary['merge_keeps']:.0f}%"))
+    keeps = summary.get("merge_keeps")
+    out.append(("the merge keeps >= 90% of the best variant's decay-only gain",
+                keeps is not None and keeps >= 0.9,
+                f"{100 * keeps:.0f}%" if keeps is not None else "no variant gained"))
     fv = summary.get("final_vs_first")
     if fv:
         out.append(("final model >= 3 points above the first checkpoint, all languages",
