@@ -58,14 +58,14 @@ def _report_input() -> dict:
            "TIES merge": {"a": 0.3, "c": 0.1, "d": 0.05}}
     mlm = {k: {l: {"accuracy": a, "loss": 5.0 - 10 * a} for l, a in v.items()}
            for k, v in acc.items()}
-    points = [ModelPoint("random init", "random:x", 0, "baseline"),
-              ModelPoint("unigram", "unigram:x", 0, "baseline"),
-              ModelPoint("end of pretrain", "p", 100, "trunk"),
-              ModelPoint("end of midtrain", "m", 200, "trunk"),
-              ModelPoint("variant all", "v", 300, "all"),
-              ModelPoint("TIES merge", "t", 300, "merge")]
+    points = [ModelPoint("random init", "x", 0, "baseline", kind="random"),
+              ModelPoint("unigram", "x", 0, "baseline", kind="unigram"),
+              ModelPoint("end of pretrain", "p", 100, "trunk", phase_end=True),
+              ModelPoint("end of midtrain", "m", 200, "trunk", phase_end=True),
+              ModelPoint("variant all", "v", 300, "all", phase_end=True),
+              ModelPoint("TIES merge", "t", 300, "merge", phase_end=True)]
     summary = learning_summary(mlm, tier, TIERS, "end of pretrain", "end of midtrain",
-                               "TIES merge")
+                               "TIES merge", ["variant all"])
     return {"languages": {"pretrain": 1, "midtrain": 2, "decay/all": 3}, "tiers": tier,
             "train_tokens": {"a": 300, "c": 200, "d": 100},
             "sampling": {"pretrain": {"a": 1.0}, "decay/all": {"a": 0.5, "c": 0.3, "d": 0.2}},
@@ -112,7 +112,8 @@ def test_learning_summary_pairs_languages() -> None:
            "variant all": {"a": 0.2, "b": 0.2, "d": 0.05, "e": 0.01},
            "TIES merge": {"a": 0.3, "b": 0.3, "d": 0.03, "e": 0.03}}
     scores = {k: {l: {"accuracy": a} for l, a in v.items()} for k, v in acc.items()}
-    s = learning_summary(scores, tier, TIERS, "end of p1", "end of p2", "TIES merge")
+    s = learning_summary(scores, tier, TIERS, "end of p1", "end of p2", "TIES merge",
+                         ["variant all"])
     f = s["final_vs_first"]
     assert (f["from"], f["to"], f["languages"], f["up"], f["down"]) == \
         ("end of p1", "TIES merge", 4, 3, 0)  # b unchanged

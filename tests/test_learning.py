@@ -67,7 +67,7 @@ def test_summary_and_targets_arithmetic() -> None:
                                                          "t3": (2, 2), "all": (4, 4)}
     c = compare(s, "end of p2", "variant x", ["d", "e"])
     assert c["gain"] == pytest.approx(0.06) and c["gain_se"] == pytest.approx(0.0)
-    summary = learning_summary(s, tier, tiers, "end of p1", "end of p2", "merge")
+    summary = learning_summary(s, tier, tiers, "end of p1", "end of p2", "merge", ["variant x"])
     assert summary["merge_keeps"] == pytest.approx(0.055 / 0.06)
     got = {what: ok for what, ok, _ in targets(s, tier, tiers, "merge", summary)}
     assert got == {"t1 languages: at least 5x their unigram baseline": True,

@@ -55,7 +55,7 @@ WORKLOADS = ("fixed", "mixed", "long", "train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = ("mmbert", "hf-modernbert", "hf-xlmr")
 
-# Full sizes (the issue's) and --quick sizes (a smoke test of the whole pipeline in ~1 minute).
+# Full sizes (the targets') and --quick sizes (a smoke test of the whole pipeline in ~1 minute).
 SIZES = {
     "full": dict(fixed=(16, 512), mixed=(32, 32, 512), long=8192, train_rows=8, train_len=1024,
                  train_min_doc=32, hf_docs=2, peak_n=2048, runs=3),
@@ -615,7 +615,7 @@ def _find(entry: dict, model: str, prefix: str | None = None) -> dict | None:
 
 
 def targets(results: dict) -> list[tuple[str, float | None, float, bool | None]]:
-    """(description, measured value, target, met) for each of the issue's targets."""
+    """(description, measured value, target, met) for each of the benchmark's targets."""
     E = results.get("entries", {})
     rows: list[tuple[str, float | None, float, bool | None]] = []
 

@@ -207,8 +207,8 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
     from mmbert.train import checkpoint as ckpt
 
     first = result.phases[0].export
-    pts = [ModelPoint(RANDOM, f"random:{first}", 0, "baseline"),
-           ModelPoint(UNIGRAM, f"unigram:{first}", 0, "baseline")]
+    pts = [ModelPoint(RANDOM, str(first), 0, "baseline", kind="random"),
+           ModelPoint(UNIGRAM, str(first), 0, "baseline", kind="unigram")]
 
     phase_tokens = {p.name: p.tokens for p in rec.phases}
 
@@ -218,7 +218,8 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
             label = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
             if t.get("phase_end") and label in ends:
                 end = ends[label]
-                pts.append(ModelPoint(end[0], str(end[1]), int(t["tokens"]), name))
+                pts.append(ModelPoint(end[0], str(end[1]), int(t["tokens"]), name,
+                                      phase_end=True))
             elif not t.get("phase_end") and int(t["phase_tokens"]) < phase_tokens[t["phase"]]:
                 pts.append(ModelPoint(f"{label} @ {int(t['tokens']) / 1e6:.2f}M tokens",
                                       str(c / "model"), int(t["tokens"]), name))
@@ -229,7 +230,8 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
         branch(run_dir / "variants" / name / "checkpoints", name,
                {v.name: (f"variant {name}", v.export)})
     pts.append(ModelPoint("TIES merge", str(merged),
-                          max(v.tokens for v in result.variants.values()), "merge"))
+                          max(v.tokens for v in result.variants.values()), "merge",
+                          phase_end=True))
     return pts
 
 
@@ -239,28 +241,26 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _eval_model(job: tuple[str, str, str, list[str], int]) -> tuple[str, dict[str, Any]]:
-    """Held-out MLM scores per language of one model: a directory, ``random:DIR`` (DIR's config
-    with seeded random weights) or ``unigram:DIR`` (the per-language unigram baseline)."""
+def _eval_model(job: tuple[Any, str, list[str], int]) -> tuple[str, dict[str, Any]]:
+    """Held-out MLM scores per language of one :class:`~mmbert.evaluate.learning.ModelPoint`
+    (a model, a seeded random initialisation or the per-language unigram baseline)."""
     import torch
 
     from mmbert.evaluate.mlm import HeldoutMlm, check_shards_tokenizer
     from mmbert.hf import read_config
     from mmbert.model import MaskedLM
 
-    name, model, shards, langs, eval_tokens = job
-    kind, _, path = model.partition(":") if model.split(":")[0] in ("random", "unigram") \
-        else ("model", "", model)
-    if kind == "model":
-        m = MaskedLM.from_pretrained(path)
+    point, shards, langs, eval_tokens = job
+    if point.kind == "model":
+        m = MaskedLM.from_pretrained(point.path)
     else:
-        config, _ = read_config(path)
+        config, _ = read_config(point.path)
         torch.manual_seed(0)
         m = MaskedLM(config)
     check_shards_tokenizer(shards, m.config, Path(shards).parent / "tokenizer")
     held = HeldoutMlm(shards, m.config, languages=langs, max_tokens=eval_tokens, seed=0)
-    scores = held.score_unigram() if kind == "unigram" else held.score(m)
-    return name, {lang: s.to_dict() for lang, s in scores.items()}
+    scores = held.score_unigram() if point.kind == "unigram" else held.score(m)
+    return point.name, {lang: s.to_dict() for lang, s in scores.items()}
 
 
 def _cloze_table(out: Path, model_dir: Path, langs: list[str]) -> list[dict[str, Any]]:
@@ -292,7 +292,7 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
     counts = ShardSet(shards, split="train").token_counts()
 
     points = run_models(rec, result, out / "run", merged)
-    jobs = [(p.name, p.path, str(shards), all_langs, eval_tokens) for p in points]
+    jobs = [(p, str(shards), all_langs, eval_tokens) for p in points]
     if procs > 1:  # one model per process at a time, one thread each (see default_procs)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -311,8 +311,9 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
         key = f"{last.name}/{v.name}"
         sampling[key] = language_probs({lang: counts[lang] for lang in langs[key]},
                                        last.variant(v.name).tau)
+    variants = [p.name for p in points if p.phase_end and p.branch in result.variants]
     summary = learning_summary(scores, tier, TIERS, f"end of {trunk[0]}", f"end of {trunk[-1]}",
-                               "TIES merge")
+                               "TIES merge", variants)
     top = sorted((l for l in all_langs if tier[l] == TIERS[0]), key=lambda l: -counts[l])
     # training speed from metrics.jsonl, not from `result`: right also when the training ran in
     # subprocesses or in an earlier (resumed) invocation
@@ -544,8 +545,8 @@ def _per_language_plot(path: Path, r: dict[str, Any]) -> None:
     mlm, sizes, tier = r["mlm"], r["train_tokens"], r["tiers"]
     order = sorted(sizes, key=lambda lang: -sizes[lang])
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    for k in [RANDOM, UNIGRAM, *(p["name"] for p in r["models"]
-                                 if p["name"].startswith("end of")), "TIES merge"]:
+    ends = [p["name"] for p in r["models"] if p["phase_end"] and p["branch"] in ("trunk", "merge")]
+    for k in [RANDOM, UNIGRAM, *ends]:
         ys = [mlm[k].get(lang, {}).get("accuracy", math.nan) for lang in order]
         ax.plot(range(len(order)), _smooth(ys, 15), label=k, lw=1.3,
                 ls="--" if k == UNIGRAM else "-")

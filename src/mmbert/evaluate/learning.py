@@ -22,14 +22,18 @@ Scores = Mapping[str, Mapping[str, Any]]  # model -> language -> MlmScore.to_dic
 
 @dataclass(frozen=True)
 class ModelPoint:
-    """One model of a run to score: ``path`` is a model directory, or ``random:DIR`` /
-    ``unigram:DIR`` for a baseline with DIR's config; ``tokens`` seen in training;
-    ``branch`` is ``trunk``, a decay variant's name, ``merge`` or ``baseline``."""
+    """One model of a run to score. ``kind``: ``model`` (``path`` is a model directory),
+    ``random`` (``path``'s config with seeded random weights) or ``unigram`` (the per-language
+    unigram baseline; ``path``'s config gives the special ids). ``tokens`` seen in training;
+    ``branch``: ``trunk``, a decay variant's name, ``merge`` or ``baseline``; ``phase_end``: the
+    model a phase (or variant) ends with."""
 
     name: str
     path: str
     tokens: int
     branch: str
+    kind: str = "model"
+    phase_end: bool = False
 
 
 def tier_means(scores: Mapping[str, Mapping[str, Any]], tier: Mapping[str, str],
@@ -72,13 +76,15 @@ def compare(scores: Scores, a: str, b: str, langs: Sequence[str],
 
 
 def learning_summary(scores: Scores, tier: Mapping[str, str], tiers: Sequence[str],
-                     first: str, last_trunk: str, final: str) -> dict[str, Any]:
+                     first: str, last_trunk: str, final: str,
+                     variants: Sequence[str]) -> dict[str, Any]:
     """The questions a run must answer, from held-out scores:
 
     * ``final_vs_first``: every language, the first phase's end against the final model;
     * ``random_vs_first``: the same languages, random init against the first phase's end;
     * ``decay_only``: languages first seen in the decay (``tiers[-1]``), end of the last trunk
-      phase (never trained on them) against each decay variant and the final model;
+      phase (never trained on them) against each decay variant (``variants``: their model
+      names) and the final model;
     * ``merge_keeps``: the final model's gain on those languages as a share of the best
       variant's gain.
     """
@@ -87,8 +93,8 @@ def learning_summary(scores: Scores, tier: Mapping[str, str], tiers: Sequence[st
     out: dict[str, Any] = {"final_vs_first": compare(scores, first, final, every),
                            "random_vs_first": compare(scores, RANDOM, first, every),
                            "decay_only": {}}
-    for name in scores:
-        if name.startswith("variant") or name == final:
+    for name in [*variants, final]:
+        if name in scores:
             c = compare(scores, last_trunk, name, decay_only)
             if c is not None:
                 out["decay_only"][name] = c
