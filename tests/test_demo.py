@@ -17,6 +17,64 @@ def test_language_tiers_follow_the_cascade() -> None:
     assert tier == {"a": TIERS[0], "b": TIERS[0], "c": TIERS[1], "d": TIERS[2], "e": TIERS[2]}
 
 
+def _fake_checkpoint(root: Path, step: int, **state) -> None:
+    from mmbert.train.checkpoint import step_dir_name
+
+    d = root / step_dir_name(step)
+    (d / "model").mkdir(parents=True)
+    (d / "trainer.json").write_text(json.dumps({"step": step, **state}))
+
+
+def test_run_models_lists_kept_checkpoints_in_training_order(tmp_path: Path) -> None:
+    """Baselines, then the trunk's rolling checkpoints and phase ends, then each variant's, then
+    the merge; a rolling checkpoint at a phase's last step is that phase's end (listed once)."""
+    import pytest
+
+    from mmbert.config import load_recipe
+    from mmbert.demo import run_models
+    from mmbert.errors import MmbertError
+    from mmbert.train.trainer import PhaseResult, RunResult
+
+    rec = load_recipe(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    p1, p2 = rec.phases[0].tokens, rec.phases[1].tokens
+    run = tmp_path / "run"
+    ck, vck = run / "checkpoints", run / "variants" / "all" / "checkpoints"
+    _fake_checkpoint(ck, 400, phase="pretrain", tokens=409_600, phase_tokens=409_600)
+    _fake_checkpoint(ck, 1465, phase="pretrain", tokens=p1, phase_tokens=p1, phase_end=True)
+    _fake_checkpoint(ck, 1600, phase="midtrain", tokens=p1 + 136_000, phase_tokens=136_000)
+    _fake_checkpoint(ck, 2000, phase="midtrain", tokens=p1 + p2, phase_tokens=p2)  # = the end
+    _fake_checkpoint(ck, 2001, phase="midtrain", tokens=p1 + p2, phase_tokens=p2, phase_end=True)
+    _fake_checkpoint(vck, 2400, phase="decay", variant="all", tokens=p1 + p2 + 409_600,
+                     phase_tokens=409_600)
+    _fake_checkpoint(vck, 2700, phase="decay", variant="all", tokens=p1 + p2 + 700_000,
+                     phase_tokens=700_000, phase_end=True)
+    result = RunResult(run, phases=[PhaseResult(n, run / n, run / "export" / n, 0, t, None)
+                                    for n, t in (("pretrain", p1), ("midtrain", p1 + p2))],
+                       variants={"all": PhaseResult("decay/all", vck, run / "v-all", 0,
+                                                    p1 + p2 + 700_000, None)})
+    pts = run_models(rec, result, run, tmp_path / "merged")
+    assert [(p.name, p.branch, p.kind, p.phase_end, p.tokens) for p in pts] == [
+        ("random init", "baseline", "random", False, 0),
+        ("unigram", "baseline", "unigram", False, 0),
+        ("pretrain @ 0.41M tokens", "trunk", "model", False, 409_600),
+        ("end of pretrain", "trunk", "model", True, p1),
+        (f"midtrain @ {(p1 + 136_000) / 1e6:.2f}M tokens", "trunk", "model", False, p1 + 136_000),
+        ("end of midtrain", "trunk", "model", True, p1 + p2),
+        (f"decay/all @ {(p1 + p2 + 409_600) / 1e6:.2f}M tokens", "all", "model", False,
+         p1 + p2 + 409_600),
+        ("variant all", "all", "model", True, p1 + p2 + 700_000),
+        ("TIES merge", "merge", "model", True, p1 + p2 + 700_000)]
+    assert pts[2].path == str(ck / "step-00000400" / "model")
+    assert pts[3].path == str(run / "export" / "pretrain")
+    # two rolling checkpoints that round to the same name: refused, not silently merged
+    _fake_checkpoint(ck, 401, phase="pretrain", tokens=410_000, phase_tokens=410_000)
+    with pytest.raises(MmbertError, match="share the report name 'pretrain @ 0.41M tokens'"):
+        run_models(rec, result, run, tmp_path / "merged")
+    (ck / "step-00000401" / "trainer.json").write_text("{trunc")
+    with pytest.raises(MmbertError, match="step-00000401: trainer.json unreadable"):
+        run_models(rec, result, run, tmp_path / "merged")
+
+
 def test_read_metrics_keeps_phases_and_variants_apart(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "variants" / "all").mkdir(parents=True)
@@ -92,7 +150,7 @@ def test_report_has_tables_baselines_and_plots(tmp_path: Path) -> None:
     assert "| phase 1 languages: at least 5x their unigram baseline | yes | 30.0 vs 5.0 (6.0x) |" \
         in text
     assert "the merge keeps >= 90% of the best variant's decay-only gain | NO | 50% |" in text
-    # first checkpoint (end of pretrain) -> merge: a +20, c +10, d +5 points; mean +11.7
+    # end of phase 1 (end of pretrain) -> merge: a +20, c +10, d +5 points; mean +11.7
     assert "| 3 | 3.3 | 15.0 | +11.7 ± 4.4 | 3 / 0 |" in text
     assert "(end of midtrain -> variant all) | 1 | 0.0 | 10.0 | +10.0 ± 0.0 | 1 / 0 |" in text
     assert "| a | x <mask> y | 'b' | **'b'**, 'c' |" in text
@@ -165,7 +223,7 @@ def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, cap
                                                 "TIES merge"}
     assert r["tokens_per_s"] > 0 and r["train_wall_s"] > 0
     text = (out / "report.md").read_text()
-    assert "## Does the demo learn?" in text and "first checkpoint -> final model" in text
+    assert "## Does the demo learn?" in text and "end of phase 1 -> final model" in text
     assert "## Fill-mask on held-out sentences" in text and "| unigram |" in text
     assert (out / "plots" / "learning_curve.png").is_file()
     for d in ["run/export/pretrain", "run/export/midtrain", "merged",

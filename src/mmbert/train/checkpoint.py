@@ -161,10 +161,23 @@ def write_checkpoint(root: Path, step: int, *, write_model: Callable[[Path], Non
     return final
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer.json`` (step, tokens, phase position); one-line error if it is
+    missing or unreadable."""
+    try:
+        state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MmbertError(f"checkpoint {path}: trainer.json unreadable ({e}); expected the JSON "
+                          "the trainer writes") from None
+    if not isinstance(state, dict):
+        raise MmbertError(f"checkpoint {path}: trainer.json is not a JSON object")
+    return state
+
+
 def _is_phase_end(path: Path) -> bool:
     try:
-        return bool(json.loads((path / "trainer.json").read_text())["phase_end"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return bool(read_trainer_state(path).get("phase_end"))
+    except MmbertError:
         return False
 
 

@@ -540,8 +540,8 @@ def export(checkpoint_dir: str | Path, out: str | Path, tokenizer: str | Path | 
         ckpt.verify(src)
     if tokenizer is None:
         try:
-            tokenizer = json.loads((src / "trainer.json").read_text()).get("tokenizer")
-        except (OSError, ValueError):
+            tokenizer = ckpt.read_trainer_state(src).get("tokenizer")
+        except MmbertError:
             tokenizer = None
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
@@ -583,7 +583,7 @@ def _log_main(env: DistEnv) -> Callable[[str], None]:
 
 
 def _phase_result(path: Path, export_dir: Path | None, loss: list[float] | None) -> PhaseResult:
-    t = json.loads((path / "trainer.json").read_text())
+    t = ckpt.read_trainer_state(path)
     name = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
     return PhaseResult(name, path, export_dir if export_dir and export_dir.exists() else None,
                        int(t["step"]), int(t["tokens"]),
@@ -595,8 +595,8 @@ def _phase_end_checkpoints(root: Path) -> dict[int, Path]:
     out = {}
     for p in ckpt.list_checkpoints(root):
         try:
-            t = json.loads((p / "trainer.json").read_text())
-        except (OSError, ValueError):
+            t = ckpt.read_trainer_state(p)
+        except MmbertError:
             continue
         if t.get("phase_end"):
             try:
