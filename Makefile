@@ -26,8 +26,12 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow tests
 
-test-gpu: $(VENV)/.installed
-	$(PY) -m pytest -q -m gpu tests
+# `make test-gpu PY=python3`: the GPU tests with another interpreter (a GPU machine's own torch
+# and transformers), without creating .venv; the files are named because other test modules
+# import packages such a machine may lack. The whole GPU check: `bash benchmarks/gpu.sh OUTDIR`.
+GPU_TESTS = $(shell grep -l 'pytest.mark.gpu' tests/test_*.py)
+test-gpu: $(if $(filter command line,$(origin PY)),,$(VENV)/.installed)
+	PYTHONPATH=src $(PY) -m pytest -q -s -m gpu $(GPU_TESTS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/mmbert bench --out runs/bench

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_learning.py --out runs/bench_learning [--tokens 300k]
     .venv/bin/python benchmarks/bench_learning.py --out runs/bench_learning --profile 40
 
-DESIGN.md, "Learning: how we measure": same model, same data, it must learn the same. Both sides:
+Same model, same data: it must learn the same. Both sides:
 
 * the ``tiny`` preset with the tokenizer's vocabulary, fp32, the same initial weights (ours built
   with the recipe's seed, written by our HF writer, loaded by ``ModernBertForMaskedLM``);

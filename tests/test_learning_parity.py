@@ -1,4 +1,4 @@
-"""Training correctness side by side with transformers (DESIGN.md, "Learning: how we measure").
+"""Training correctness side by side with transformers: same model, same data, same learning.
 
 Our trainer (``pretrain``: packed rows, sparse MLM prediction, our AdamW) and a plain loop over
 transformers' ``ModernBertForMaskedLM`` (padded rows with an attention mask, dense head with -100

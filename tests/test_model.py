@@ -163,6 +163,51 @@ def test_set_rope_theta_equals_model_built_with_those_thetas(mlm):
     torch.testing.assert_close(after, want)
 
 
+def test_rope_rotation_written_for_torch_compile_equals_the_eager_one(monkeypatch):
+    """Under torch.compile the rotation takes a functional form (no out= into views); it must
+    give what the in-place eager form gives, forwards (sign 1) and backwards (sign -1)."""
+    from mmbert import model as M
+
+    torch.manual_seed(8)
+    x = torch.randn(7, 2, 3, 8)
+    cos, sin = M.rope_cos_sin(torch.arange(7) * 3, 8, 500.0)
+    for sign in (1.0, -1.0):
+        want = M._rotate(x, cos, sin, sign)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        got = M._rotate(x, cos, sin, sign)
+        buf = torch.zeros(7, 3, 3, 8)[:, :2]  # a strided view, as in the fused q/k/v buffer
+        into = M._rotate(x, cos, sin, sign, out=buf)
+        monkeypatch.undo()
+        assert into is buf
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(buf, want)
+    assert (M._rotate(x, cos, sin, 1.0) - x).abs().max() > 0.1  # it does rotate
+
+
+def test_cross_entropy_written_for_torch_compile_equals_the_eager_one(monkeypatch):
+    """Under torch.compile the loss is plain F.cross_entropy (no chunk loops to unroll): the
+    same values and gradients as the chunked autograd Function, fp32 and bf16 logits."""
+    from mmbert import model as M
+
+    torch.manual_seed(9)
+    target = torch.randint(0, 50, (11,))
+    base = 3 * torch.randn(11, 50)
+    for dtype in (torch.float32, torch.bfloat16):
+        results = []
+        for compiling in (False, True):
+            logits = base.to(dtype, copy=True).requires_grad_(True)
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+            loss = M.cross_entropy_rows(logits, target)
+            monkeypatch.undo()
+            loss.backward(torch.linspace(0.5, 1.5, 11))
+            results.append((loss.detach(), logits.grad.float()))
+        (l0, g0), (l1, g1) = results
+        assert l0.dtype == l1.dtype == torch.float32
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(l1, l0, atol=tol, rtol=tol)
+        torch.testing.assert_close(g1, g0, atol=tol, rtol=tol)
+
+
 def test_layer_pattern_and_names_match_transformers_layout():
     m = MaskedLM(cfg(num_hidden_layers=7, global_attn_every_n_layers=3), init=False)
     assert [layer.attn.window for layer in m.model.layers] == [None, 4, 4, None, 4, 4, None]

@@ -428,7 +428,7 @@ def _cmd_bench(a: argparse.Namespace) -> None:
 
     run_bench(a.out, workloads=a.workload, dtypes=a.dtype, quick=a.quick, runs=a.runs,
               device=a.device, preset_name=a.preset, models=a.models, threads=a.threads,
-              force=a.force)
+              force=a.force, peak_tflops=a.peak_tflops)
     print((Path(a.out) / "results.md").read_text())
 
 
@@ -467,17 +467,25 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workload", nargs="+", choices=["fixed", "mixed", "long", "train"], default=None,
                    help="default: all (a full run of each fits a 10-minute command)")
     p.add_argument("--dtype", nargs="+", choices=["fp32", "bf16"], default=None)
-    p.add_argument("--models", nargs="+", choices=["mmbert", "hf-modernbert", "hf-xlmr"], default=None)
+    p.add_argument("--models", nargs="+", default=None,
+                   choices=["mmbert", "mmbert-compiled", "hf-modernbert", "hf-modernbert-fa2",
+                            "hf-xlmr"],
+                   help="default: mmbert hf-modernbert hf-xlmr; mmbert-compiled = our training "
+                        "step under torch.compile (train workload only); hf-modernbert-fa2 = "
+                        "transformers' flash_attention_2 (CUDA, bf16, flash-attn installed)")
     p.add_argument("--quick", action="store_true", help="small sizes, fewer runs (smoke test)")
     p.add_argument("--runs", type=int, default=None, help="timed runs after the warm-up")
     p.add_argument("--preset", default="mmbert-base")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="default: all cores")
     p.add_argument("--force", action="store_true", help="run bf16 even where it is slow")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's nominal dense TFLOP/s in the benchmarked dtype, for MFU "
+                        "(e.g. 989 for bf16 on an H100/H200 SXM)")
     p.set_defaults(func=_cmd_bench)
 
 
-# === demo (lead) ==============================================================================
+# === demo =====================================================================================
 
 def _cmd_demo(a: argparse.Namespace) -> None:
     from mmbert.demo import run_demo

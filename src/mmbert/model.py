@@ -215,9 +215,15 @@ class _CrossEntropyRows(torch.autograd.Function):
 
 def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``F.cross_entropy(logits.float(), target, reduction="none")`` for ``[M, V]`` logits and
-    valid targets ``[M]``, without ``[M, V]`` fp32 copies kept for backward."""
+    valid targets ``[M]``, without ``[M, V]`` fp32 copies kept for backward.
+
+    Under ``torch.compile`` it is that formula itself: the compiler fuses it, while the chunk
+    loops of :class:`_CrossEntropyRows` would unroll into ``M / 4`` pieces of graph (thousands
+    for a 16k-token batch)."""
     if logits.shape[0] == 0:
         return logits.new_zeros(0, dtype=torch.float32) + 0.0 * logits.sum()
+    if torch.compiler.is_compiling():
+        return F.cross_entropy(logits.float(), target, reduction="none")
     return _CrossEntropyRows.apply(logits, target)
 
 
@@ -241,9 +247,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float,
     """``(x1, x2) -> (x1 cos - s x2 sin, x2 cos + s x1 sin)`` for the halves of the last dim
     (``s = sign``; -1 rotates back, which is the backward pass). Two fused passes over the
     halves, written straight into ``out`` (a fresh tensor when None) instead of
-    neg + cat + 2 mul + add."""
+    neg + cat + 2 mul + add.
+
+    Under ``torch.compile`` the same rotation is written functionally: ``out=`` into strided
+    views does not trace (inductor fails on the resulting ``as_strided_scatter``), and the
+    compiler fuses the elementwise ops on its own."""
     h = x.shape[-1] // 2
     x1, x2 = x[..., :h], x[..., h:]
+    if torch.compiler.is_compiling():
+        r = torch.cat((x1 * cos - sign * (x2 * sin), x2 * cos + sign * (x1 * sin)), dim=-1)
+        return r if out is None else out.copy_(r)
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     o1, o2 = out[..., :h], out[..., h:]
