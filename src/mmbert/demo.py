@@ -595,6 +595,8 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     """``report.md`` + ``results.json`` + PNG plots under ``out``."""
     import matplotlib
 
+    from mmbert.evaluate.learning import UNIGRAM
+
     matplotlib.use("Agg")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -602,11 +604,13 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     _loss_plot(plots / "loss.png", r["loss_curves"])
     _sampling_plot(plots / "sampling.png", r["sampling"])
     _per_language_plot(plots / "mlm_per_language.png", r)
-    tier = r["tiers"]
-    n_t = {t: sum(1 for v in tier.values() if v == t) for t in TIERS}
+    tier, scored = r["tiers"], r["mlm"][UNIGRAM]
+    n_t = {t: (sum(v == t for v in tier.values()), sum(tier[l] == t for l in scored))
+           for t in TIERS}
     lines = ["# mmbert demo report", "",
              f"Languages: {', '.join(f'{k} {v}' for k, v in r['languages'].items())}. "
-             f"Tiers: {', '.join(f'{t}: {n_t[t]}' for t in TIERS)}.",
+             "Tiers: " + ", ".join(f"{t}: {a} ({b} with held-out text)"
+                                   for t, (a, b) in n_t.items()) + ".",
              f"Training: {r['train_wall_s']:.0f} s in training steps, {r['tokens_per_s']:.0f} "
              f"tokens/s. Wall time of each demo stage (s): {r.get('timings_s', {})}.", ""]
     lines += _targets_lines(r)
