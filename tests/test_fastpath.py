@@ -53,7 +53,7 @@ def one_by_one(model, ids, mask):
 @torch.no_grad()
 @pytest.mark.parametrize("left", [False, True])
 def test_padded_batch_is_unpadded_automatically(encoder, left):
-    # 3 length buckets; 150 > 4 windows takes the blocked sliding-window kernel
+    # 3 length buckets; 150 > 3 windows takes the flat chunked sliding-window kernel
     lengths = [150, 140, 37, 33, 5, 1]
     ids, mask = padded(lengths, left=left)
     got = encoder(ids, attention_mask=mask).last_hidden_state
@@ -75,7 +75,7 @@ def test_equal_lengths_reshape_path_equals_packed_and_unmasked(encoder):
 
 @torch.no_grad()
 def test_long_sequence_matches_transformers_dense(encoder):
-    """One 400-token sequence (50 windows): blocked local attention vs transformers' masked
+    """One 400-token sequence (50 windows): flat chunked local attention vs transformers' masked
     dense attention on the same weights."""
     from transformers import ModernBertModel
 

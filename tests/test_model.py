@@ -270,8 +270,8 @@ def test_sequence_classifier_losses():
 
 
 def test_long_sequence_runs_with_linear_local_cost():
-    """2048 tokens through a model whose local window is 8: the local layers take the blocked
-    path (no 2048 x 2048 matrix); the result equals packing the same tokens as one segment."""
+    """2048 tokens through a model whose local window is 8: the local layers take the flat
+    chunked path (no 2048 x 2048 matrix); the result equals packing the same tokens as one segment."""
     torch.manual_seed(11)
     m = Encoder(cfg(num_hidden_layers=2, max_position_embeddings=4096)).eval()
     ids = torch.randint(5, 97, (1, 2048))

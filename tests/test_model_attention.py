@@ -7,41 +7,9 @@ import torch.nn.functional as F
 from mmbert import attention as A
 
 
-def _dense_window(q, k, v, n, window):
-    """One sequence of length n, dense T x T mask: the definition of the sliding window."""
-    pos = torch.arange(n)
-    mask = (pos[:, None] - pos[None, :]).abs() <= window
-    return F.scaled_dot_product_attention(q[..., :n, :], k[..., :n, :], v[..., :n, :], attn_mask=mask)
-
-
-def test_chunked_sliding_window_matches_dense_at_1000_tokens():
-    torch.manual_seed(0)
-    B, H, T, D, w = 3, 2, 1000, 16, 64  # local_attention 128 -> 64 each side
-    lengths = torch.tensor([1000, 777, 3])
-    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
-    out = A.sliding_window_attention(q, k, v, w, lengths)
-    assert out.shape == (B, H, T, D)
-    for b, n in enumerate(lengths.tolist()):
-        ref = _dense_window(q[b], k[b], v[b], n, w)
-        torch.testing.assert_close(out[b, :, :n], ref, atol=1e-5, rtol=1e-5)
-
-
-def test_chunked_sliding_window_odd_sizes_and_gradients():
-    torch.manual_seed(1)
-    T, w = 37, 5  # T not a multiple of the block, window not a power of two
-    q, k, v = (torch.randn(1, 2, T, 8, requires_grad=True) for _ in range(3))
-    out = A.sliding_window_attention(q, k, v, w)
-    ref = _dense_window(q[0], k[0], v[0], T, w)[None]
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(out)
-    g1 = torch.autograd.grad(out, (q, k, v), g)
-    g2 = torch.autograd.grad(ref, (q, k, v), g)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_chunked_window_never_builds_full_score_matrix(monkeypatch):
-    """The blocked kernel's SDPA calls see keys of at most 3 blocks, whatever the length."""
+def test_local_attention_never_builds_full_score_matrix(monkeypatch):
+    """Local layers on a long sequence: every SDPA call sees keys of at most 3 blocks (the flat
+    chunked kernel), whatever the length."""
     seen = []
     real = F.scaled_dot_product_attention
 
@@ -50,9 +18,10 @@ def test_chunked_window_never_builds_full_score_matrix(monkeypatch):
         return real(q, k, v, **kw)
 
     monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
-    q = torch.randn(1, 1, 4096, 8)
-    A.sliding_window_attention(q, q, q, 32)
-    assert seen == [96]
+    q = torch.randn(4096, 1, 8)
+    plan = A.VarlenPlan.build(torch.tensor([0, 4096], dtype=torch.int32))
+    A.varlen_attention(q, q, q, plan, 32)
+    assert seen and max(seen) == 96
 
 
 def test_varlen_buckets_match_reference_global_and_local():
@@ -63,7 +32,7 @@ def test_varlen_buckets_match_reference_global_and_local():
     q, k, v = (torch.randn(N, H, D) for _ in range(3))
     plan = A.VarlenPlan.build(cu)
     assert len(plan.buckets()) > 1  # several buckets, some padded
-    for window in (None, 4, 64):  # 64: the 600-token sequence takes the blocked path
+    for window in (None, 4, 64):  # local: 600 tokens > 3 windows, the flat chunked kernel
         out = A.varlen_attention(q, k, v, plan, window)
         ref = A.reference_attention(q, k, v, cu, window)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -13,12 +13,11 @@ Backends, picked per call by :func:`varlen_attention`:
   grouped (:func:`_buckets`), padded only within their bucket and run through
   ``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask. A batch whose
   sequences all have the same length needs neither gather nor mask (a plain reshape).
-* **blocked sliding window** (:func:`sliding_window_attention`) for local layers on long
-  sequences: queries in blocks of ``window`` tokens attend to keys of their own and the two
-  neighbouring blocks only, so cost and memory grow linearly with length instead of ``T x T``.
 * **flat chunked sliding window** (:func:`local_attention_flat`), the CPU default for local
-  layers once a sequence is longer than three windows: the same blocks, cut straight from the
-  packed ``[N, H, D]`` stream with no buckets, gathers or padding. Query block ``n`` (``window``
+  layers once a sequence is longer than three windows: queries in blocks of ``window`` tokens
+  attend to keys of their own and the two neighbouring blocks only, so cost and memory grow
+  linearly with length instead of ``T x T``; the blocks are cut straight from the packed
+  ``[N, H, D]`` stream with no buckets, gathers or padding. Query block ``n`` (``window``
   tokens) and its ``3 * window`` keys are strided views (``unfold``) of the stream, a mask keeps
   each query inside its own sequence and window, and one SDPA call covers every block. ~2x
   less time than dense masked buckets at 512 tokens, and linear in length.
@@ -39,10 +38,6 @@ try:  # optional GPU kernel
 except Exception:  # ImportError, or a broken CUDA build
     flash_attn_varlen_func = None
 
-# A local layer uses the blocked kernel once a bucket's padded length exceeds this many windows:
-# below it the dense masked T x T scores are small and one SDPA call is cheaper (measured
-# crossover around 8 windows, i.e. ~512 tokens for mmBERT's 64-token half window, fp32).
-CHUNK_MIN_WINDOWS = 8
 # Local layers use :func:`local_attention_flat` once the longest sequence exceeds this many
 # windows (3 = the keys one block sees): shorter batches gain nothing from skipping work.
 FLAT_MIN_WINDOWS = 3
@@ -52,67 +47,6 @@ def flash_available(x: torch.Tensor) -> bool:
     """Whether the flash-attn varlen kernel can run on tensors like ``x``."""
     return (flash_attn_varlen_func is not None and x.is_cuda
             and x.dtype in (torch.float16, torch.bfloat16))
-
-
-# ---------------------------------------------------------------------------------------------
-# Blocked sliding-window attention (padded batch, linear in sequence length)
-# ---------------------------------------------------------------------------------------------
-
-def window_block_mask(T: int, window: int, lengths: torch.Tensor | None, B: int,
-                      device: torch.device) -> torch.Tensor:
-    """Boolean mask ``[B * nb, 1, b, 3b]`` for :func:`sliding_window_attention` (block b = window).
-
-    Query ``r`` of block ``n`` sits at ``n*b + r``; key ``c`` of block ``n`` at ``n*b - b + c``.
-    Padded query rows see their whole window, so no row is empty (no NaN, even in backward)."""
-    b = max(1, int(window))
-    nb = -(-T // b)
-    r = torch.arange(b, device=device)
-    c = torch.arange(3 * b, device=device)
-    near = (r[:, None] - (c[None, :] - b)).abs() <= window  # [b, 3b], same for every block
-    start = torch.arange(nb, device=device) * b
-    kpos = start[:, None] - b + c[None, :]  # [nb, 3b]
-    qpos = start[:, None] + r[None, :]  # [nb, b]
-    if lengths is None:
-        lengths = torch.full((B,), T, device=device)
-    L = lengths.to(device).view(B, 1, 1)
-    kvalid = (kpos[None] >= 0) & (kpos[None] < L)  # [B, nb, 3b]
-    qpad = qpos[None] >= L  # [B, nb, b]
-    mask = near[None, None] & (kvalid[:, :, None, :] | qpad[..., None])  # [B, nb, b, 3b]
-    return mask.reshape(B * nb, 1, b, 3 * b)
-
-
-def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-                             lengths: torch.Tensor | None = None, *, scale: float | None = None,
-                             dropout_p: float = 0.0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Bidirectional sliding-window attention on a padded batch without a ``T x T`` matrix.
-
-    ``q, k, v``: ``[B, H, T, D]``; query ``i`` sees key ``j`` iff ``|i - j| <= window`` and
-    ``j < lengths[b]`` (all ``T`` keys valid when ``lengths`` is None). Queries are cut into blocks
-    of ``window`` tokens; block ``n`` needs keys from blocks ``n-1, n, n+1`` only, so every block
-    scores ``window x 3*window`` pairs: ``O(T * window)`` work and memory in total. Rows at
-    padded positions are computed (finite) but meaningless. ``mask``: a cached
-    :func:`window_block_mask` for these sizes.
-    """
-    B, H, T, D = q.shape
-    b = max(1, int(window))
-    nb = -(-T // b)  # ceil
-    Tp = nb * b
-    # pad queries to whole blocks; keys/values additionally by one block on each side
-    qp = F.pad(q, (0, 0, 0, Tp - T))
-    kp = F.pad(k, (0, 0, b, Tp - T + b))
-    vp = F.pad(v, (0, 0, b, Tp - T + b))
-    qb = qp.view(B, H, nb, b, D)
-    kb = kp.unfold(2, 3 * b, b).transpose(-1, -2)  # [B, H, nb, 3b, D]: blocks n-1, n, n+1
-    vb = vp.unfold(2, 3 * b, b).transpose(-1, -2)
-    if mask is None:
-        mask = window_block_mask(T, window, lengths, B, q.device)
-
-    # fold blocks into the batch dimension: [B*nb, H, rows, D]
-    fold = lambda t: t.transpose(1, 2).reshape(B * nb, H, t.shape[-2], D)  # noqa: E731
-    out = F.scaled_dot_product_attention(fold(qb), fold(kb), fold(vb), attn_mask=mask,
-                                         dropout_p=dropout_p, scale=scale)
-    out = out.view(B, nb, H, b, D).transpose(1, 2).reshape(B, H, Tp, D)
-    return out[:, :, :T]
 
 
 def flat_block_mask(cu_seqlens: torch.Tensor, num_tokens: int, window: int) -> torch.Tensor:
@@ -277,17 +211,11 @@ def _sdpa_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Varlen
         else:
             idx = bucket.index.reshape(-1)
             qb, kb, vb = (t[idx].view(nb, T, H, D).transpose(1, 2) for t in (q, k, v))
-        if window is not None and T > CHUNK_MIN_WINDOWS * window:
-            key = ("blocked", window)
-            if key not in bucket.masks:
-                lengths = None if bucket.valid is None else bucket.lengths
-                bucket.masks[key] = window_block_mask(T, window, lengths, nb, q.device)
-            ob = sliding_window_attention(qb, kb, vb, window, scale=scale, dropout_p=dropout_p,
-                                          mask=bucket.masks[key])
-        else:
-            mask = _dense_mask(bucket, window, q.device)
-            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p,
-                                                scale=scale)
+        # local layers get here only when every sequence is at most FLAT_MIN_WINDOWS windows
+        # long (longer ones take local_attention_flat): a dense masked bucket is cheap then
+        mask = _dense_mask(bucket, window, q.device)
+        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p,
+                                            scale=scale)
         ob = ob.transpose(1, 2).reshape(nb * T, H, D)
         if bucket.index is None:
             return ob  # one bucket covering every token, already in flat order

@@ -33,7 +33,7 @@ def _cmd_info(a: argparse.Namespace) -> None:
 
 
 def _cmd_check(a: argparse.Namespace) -> None:
-    from mmbert.hf import check_model
+    from mmbert.modeldir import check_model
 
     s = check_model(a.model)
     print(f"{a.model}: ok — {s['class']}, {s['parameters'] / 1e6:.2f}M parameters, {s['dtype']}, "
@@ -41,7 +41,7 @@ def _cmd_check(a: argparse.Namespace) -> None:
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
-    from mmbert.hf import convert
+    from mmbert.modeldir import convert
 
     out = convert(a.model, a.out, dtype=a.dtype)
     print(f"wrote {out}/config.json and {out}/model.safetensors")

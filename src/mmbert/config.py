@@ -238,9 +238,6 @@ class ModelConfig:
         _warn_ids_outside_vocab(config, replaced)
         return config
 
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-
     @classmethod
     def load_json(cls, path: str | Path,
                   tokenizer_ids: dict[str, int] | None = None) -> "ModelConfig":

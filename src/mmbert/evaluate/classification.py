@@ -25,7 +25,6 @@ import torch
 
 from mmbert.evaluate.corpus import ENGLISH, Corpus, _messages
 from mmbert.tasks.common import accuracy, macro_f1
-from mmbert.tasks.io import SequenceExample
 
 
 @dataclass
@@ -33,10 +32,6 @@ class DomainTask:
     domains: list[str]
     train: list[tuple[str, int]]  # English (text, label)
     test: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # lang -> examples
-
-    def as_examples(self, lang: str | None = None) -> list[SequenceExample]:
-        rows = self.train if lang is None else self.test.get(lang, [])
-        return [SequenceExample(t, None, self.domains[y]) for t, y in rows]
 
 
 def pick_domains(corpus: Corpus, n_domains: int = 6, *, min_train: int = 30,

@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from mmbert.errors import MmbertError
@@ -214,11 +213,3 @@ def evaluate_token(model_dir: str | Path, path: str | Path, *, label_column: str
     return token_metrics(predict_words(model, tt, examples, max_length=max_length), gold,
                          model.labels)
 
-
-def word_vectors(hidden: np.ndarray, first: Sequence[int]) -> np.ndarray:
-    """Rows of ``hidden`` at each word's first token (zeros for lost words)."""
-    out = np.zeros((len(first), hidden.shape[-1]), dtype=np.float32)
-    for j, f in enumerate(first):
-        if f >= 0:
-            out[j] = hidden[f]
-    return out
