@@ -114,7 +114,8 @@ def expected_first_tokens(tt, words: list[str], max_length: int) -> list[int]:
     ["naïve", "nai\u0308ve", "😀😀", "Ελλάδα", "東京都", "New York", "x"],
 ])
 def test_alignment_exact(tt, words: list[str]) -> None:
-    from mmbert.tasks.token import IGNORE, align_labels, encode_words
+    from mmbert.config import IGNORE_INDEX as IGNORE
+    from mmbert.tasks.token import align_labels, encode_words
 
     enc = encode_words(tt, words, 512)
     labels = align_labels(enc.word_of_token, list(range(100, 100 + len(words))))
@@ -136,7 +137,8 @@ def test_alignment_exact(tt, words: list[str]) -> None:
 
 
 def test_alignment_truncation(tt) -> None:
-    from mmbert.tasks.token import IGNORE, align_labels, encode_words
+    from mmbert.config import IGNORE_INDEX as IGNORE
+    from mmbert.tasks.token import align_labels, encode_words
 
     words = [f"wort{i}" for i in range(200)]
     enc = encode_words(tt, words, 64)

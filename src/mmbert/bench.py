@@ -63,7 +63,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mmbert.config import ModelConfig, preset
+from mmbert.config import IGNORE_INDEX, ModelConfig, preset
 from mmbert.errors import MmbertError
 
 WORKLOADS = ("fixed", "mixed", "long", "train")
@@ -318,7 +318,7 @@ class TrainBatch:
 
     @property
     def num_masked(self) -> int:
-        return int((self.labels != -100).sum())
+        return int((self.labels != IGNORE_INDEX).sum())
 
     def lengths(self) -> list[int]:
         return self.cu_seqlens.diff().tolist()
@@ -332,7 +332,7 @@ def make_train_batch(cfg: ModelConfig, rows: int, row_len: int, min_doc: int,
     orig = torch.randint(5, cfg.vocab_size, (N,), generator=g)
     masked = torch.rand(N, generator=g) < MASK_RATIO
     ids = orig.masked_fill(masked, cfg.mask_token_id)
-    labels = orig.masked_fill(~masked, -100)
+    labels = orig.masked_fill(~masked, IGNORE_INDEX)
     cu = torch.tensor([0, *np.cumsum(segs)], dtype=torch.int32)
     docs = [(ids[a:b], labels[a:b]) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
     return TrainBatch(ids, labels, cu, max(segs), docs)
@@ -343,7 +343,7 @@ def pad_docs(docs: list[tuple[torch.Tensor, torch.Tensor]],
     """Documents -> right-padded ids, attention mask, labels (-100 at padding)."""
     T = max(d[0].numel() for d in docs)
     ids = torch.full((len(docs), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(docs), T), -100, dtype=torch.long)
+    labels = torch.full((len(docs), T), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros(len(docs), T, dtype=torch.long)
     for r, (x, y) in enumerate(docs):
         ids[r, :x.numel()], labels[r, :y.numel()], mask[r, :x.numel()] = x, y, 1
@@ -548,7 +548,7 @@ def _hf_train_case(ctx: Ctx, name: str, label: str, model: torch.nn.Module, batc
     warm = [t.to(dev) for t in pad_docs(warm_batch.docs[:k], cfg.pad_token_id)]
     real = [sum(d[0].numel() for d in g) for g in groups]
     flops = [3 * mlm_flops(cfg, [d[0].numel() for d in g],
-                           sum(int((d[1] != -100).sum()) for d in g)) for g in groups]
+                           sum(int((d[1] != IGNORE_INDEX).sum()) for d in g)) for g in groups]
     padded = sum(t[0].numel() for t in mbs)
     return Case(name, label, [lambda m=model, t=t: step(m, t) for t in mbs], real, flops,
                 lambda m=model: step(m, warm),

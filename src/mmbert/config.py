@@ -18,6 +18,8 @@ from mmbert.errors import MmbertError
 # Model
 # ---------------------------------------------------------------------------------------------
 
+# the label value every loss ignores (not predicted), as in transformers
+IGNORE_INDEX = -100
 _POOLINGS = ("cls", "mean")
 SPECIAL_ID_FIELDS = ("pad_token_id", "cls_token_id", "sep_token_id", "bos_token_id",
                      "eos_token_id", "mask_token_id")
@@ -169,7 +171,7 @@ class ModelConfig:
             },
             architectures=["ModernBertForMaskedLM"],
             sparse_prediction=False,
-            sparse_pred_ignore_index=-100,
+            sparse_pred_ignore_index=IGNORE_INDEX,
             deterministic_flash_attn=False,
             reference_compile=False,
             repad_logits_with_grad=False,

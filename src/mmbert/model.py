@@ -34,10 +34,8 @@ from torch.utils.checkpoint import checkpoint
 
 from mmbert import hf
 from mmbert.attention import VarlenPlan, varlen_attention
-from mmbert.config import ModelConfig
+from mmbert.config import IGNORE_INDEX, ModelConfig
 from mmbert.errors import MmbertError
-
-IGNORE_INDEX = -100
 
 
 def activation(name: str):

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmbert.config import IGNORE_INDEX
 from mmbert.errors import MmbertError
-
-IGNORE_INDEX = -100
 
 
 class Masker:

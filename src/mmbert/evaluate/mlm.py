@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmbert.data.masking import IGNORE_INDEX, Masker
+from mmbert.config import IGNORE_INDEX
+from mmbert.data.masking import Masker
 from mmbert.errors import MmbertError
 from mmbert.tasks.common import length_batches, load_text_tokenizer, pack
 

@@ -22,14 +22,13 @@ from typing import Any, Sequence
 
 import torch
 
+from mmbert.config import IGNORE_INDEX
 from mmbert.errors import MmbertError
 from mmbert.tasks.common import (AtomicDir, TextTokenizer, accuracy, copy_tokenizer_files, fit,
                                  is_bio, length_batches, finetuned_max_length,
                                  load_text_tokenizer, macro_f1, pack,
                                  span_f1, write_json)
 from mmbert.tasks.io import TokenExample, read_token_file
-
-IGNORE = -100
 
 
 @dataclass
@@ -79,7 +78,7 @@ def align_labels(word_of_token: Sequence[int], word_labels: Sequence[int]) -> li
     out, seen = [], set()
     for w in word_of_token:
         if w < 0 or w in seen:
-            out.append(IGNORE)
+            out.append(IGNORE_INDEX)
         else:
             seen.add(w)
             out.append(int(word_labels[w]))

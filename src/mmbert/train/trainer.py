@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mmbert.config import PhaseConfig, Recipe, recipe_from_dict
+from mmbert.config import IGNORE_INDEX, PhaseConfig, Recipe, recipe_from_dict
 from mmbert.errors import MmbertError
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
@@ -434,7 +434,7 @@ class Trainer:
         while state.phase_tokens < phase.tokens:
             n = accum_steps(phase, state.phase_tokens, W)
             batches = [next(loaders[a * W + env.rank]) for a in range(n)]
-            counts = torch.tensor([sum(int((b.labels != -100).sum()) for b in batches),
+            counts = torch.tensor([sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches),
                                    sum(int(b.input_ids.numel()) for b in batches)],
                                   dtype=torch.float64)
             all_reduce_sum(counts, env)
