@@ -625,26 +625,27 @@ def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
         _fail(w("batch_tokens"), batch_tokens, f"at least micro_batch_tokens ({micro})")
     if batch_tokens > tokens:
         _fail(w("batch_tokens"), batch_tokens, f"at most the phase's tokens ({tokens})")
-    warmup = parse_tokens(raw.get("warmup_tokens", 0), w("warmup_tokens"), total=tokens)
-    decay = parse_tokens(raw.get("decay_tokens", 0), w("decay_tokens"), total=tokens)
+    raw = {**_defaults(PhaseConfig), **raw}
+    warmup = parse_tokens(raw["warmup_tokens"], w("warmup_tokens"), total=tokens)
+    decay = parse_tokens(raw["decay_tokens"], w("decay_tokens"), total=tokens)
     if warmup + decay > tokens:
         raise MmbertError(f"{where}: warmup_tokens ({warmup}) + decay_tokens ({decay}) exceed "
                           f"the phase's tokens ({tokens})")
-    bw = parse_tokens(raw.get("batch_warmup_tokens", 0), w("batch_warmup_tokens"), total=tokens)
+    bw = parse_tokens(raw["batch_warmup_tokens"], w("batch_warmup_tokens"), total=tokens)
     if bw > tokens:
         _fail(w("batch_warmup_tokens"), bw, f"at most the phase's tokens ({tokens})")
-    bmin = parse_tokens(raw.get("batch_warmup_min_tokens", 0) or micro,
+    bmin = parse_tokens(raw["batch_warmup_min_tokens"] or micro,
                         w("batch_warmup_min_tokens"))
     if not micro <= bmin <= batch_tokens:
         _fail(w("batch_warmup_min_tokens"), bmin,
               f"between micro_batch_tokens ({micro}) and batch_tokens ({batch_tokens})")
-    shape = raw.get("decay_shape", "linear")
+    shape = raw["decay_shape"]
     if shape not in DECAY_SHAPES:
         _fail(w("decay_shape"), shape, f"one of {list(DECAY_SHAPES)}")
-    final = _number(raw.get("final_lr_ratio", 0.0), w("final_lr_ratio"), 0, 1)
+    final = _number(raw["final_lr_ratio"], w("final_lr_ratio"), 0, 1)
     if shape == "inverse-sqrt" and final <= 0 and decay > 0:
         _fail(w("final_lr_ratio"), final, "a positive ratio for decay_shape inverse-sqrt")
-    variants = raw.get("variants") or ()
+    variants = raw["variants"] or ()
     if not isinstance(variants, (list, tuple)):
         _fail(w("variants"), variants, "a list of {name, languages, tau, mask_ratio}")
     vs = tuple(_variant_from_dict(v, f"{where}.variants[{i}]") for i, v in enumerate(variants))
@@ -663,17 +664,62 @@ def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
         batch_tokens=batch_tokens,
         micro_batch_tokens=micro,
         lr=_number(raw["lr"], w("lr"), 0, 1, lo_open=True),
-        weight_decay=_number(raw.get("weight_decay", 0.0), w("weight_decay"), 0),
-        grad_clip=_number(raw.get("grad_clip", 0.0), w("grad_clip"), 0),
+        weight_decay=_number(raw["weight_decay"], w("weight_decay"), 0),
+        grad_clip=_number(raw["grad_clip"], w("grad_clip"), 0),
         warmup_tokens=warmup,
         decay_tokens=decay,
         decay_shape=shape,
         final_lr_ratio=final,
         batch_warmup_tokens=bw,
         batch_warmup_min_tokens=bmin,
-        reset_optimizer=_boolean(raw.get("reset_optimizer", False), w("reset_optimizer")),
+        reset_optimizer=_boolean(raw["reset_optimizer"], w("reset_optimizer")),
         variants=vs,
     )
+
+
+def _defaults(cls) -> dict[str, Any]:
+    """The defaults a dataclass declares (``field = value`` or a default factory): the one
+    place each recipe default is stated."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _model_spec(m: Any, source: str) -> tuple[ModelSpec, ModelConfig]:
+    """``model:`` -> (ModelSpec, the preset's ModelConfig with the overrides applied)."""
+    w = lambda k: f"{source}: model.{k}"  # noqa: E731
+    m = {**_defaults(ModelSpec),
+         **_check_keys(m, ("preset", "overrides", "init_from"), f"{source}: model")}
+    if m["preset"] not in PRESETS:
+        _fail(w("preset"), m["preset"], f"one of {sorted(PRESETS)}")
+    overrides = _check_keys(m["overrides"] or {}, tuple(f.name for f in fields(ModelConfig)),
+                            w("overrides"))
+    try:
+        model_cfg = preset(m["preset"]).replace(**overrides)
+    except MmbertError as e:
+        raise MmbertError(f"{source}: model.overrides: {e}") from None
+    init_from = m["init_from"]
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        _fail(w("init_from"), init_from, "a model directory")
+    return ModelSpec(preset=m["preset"], overrides=dict(overrides), init_from=init_from), model_cfg
+
+
+def _optimizer(o: Any, source: str) -> OptimizerConfig:
+    w = lambda k: f"{source}: optimizer.{k}"  # noqa: E731
+    o = {**_defaults(OptimizerConfig),
+         **_check_keys(o, ("name", "betas", "eps"), f"{source}: optimizer")}
+    if o["name"] not in OPTIMIZERS:
+        _fail(w("name"), o["name"], f"one of {list(OPTIMIZERS)}")
+    betas = o["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        _fail(w("betas"), betas, "two numbers in [0, 1)")
+    betas = tuple(_number(b, w(f"betas[{i}]"), 0, 1, hi_open=True) for i, b in enumerate(betas))
+    return OptimizerConfig(name=o["name"], betas=betas,
+                           eps=_number(o["eps"], w("eps"), 0, lo_open=True))
 
 
 _RECIPE_KEYS = ("name", "shards", "tokenizer", "seed", "model", "precision", "optimizer",
@@ -689,32 +735,17 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
     tok = d.get("tokenizer")
     if tok is not None and (not isinstance(tok, str) or not tok):
         _fail(w("tokenizer"), tok, "a tokenizer directory or tokenizer.json path")
-    m = _check_keys(d.get("model") or {}, ("preset", "overrides", "init_from"), w("model"))
-    if m.get("preset", "tiny") not in PRESETS:
-        _fail(w("model.preset"), m.get("preset"), f"one of {sorted(PRESETS)}")
-    overrides = _check_keys(m.get("overrides") or {}, tuple(f.name for f in fields(ModelConfig)),
-                            w("model.overrides"))
-    try:
-        model_cfg = preset(m.get("preset", "tiny")).replace(**overrides)
-    except MmbertError as e:
-        raise MmbertError(f"{source}: model.overrides: {e}") from None
-    init_from = m.get("init_from")
-    if init_from is not None and (not isinstance(init_from, str) or not init_from):
-        _fail(w("model.init_from"), init_from, "a model directory")
-    o = _check_keys(d.get("optimizer") or {}, ("name", "betas", "eps"), w("optimizer"))
-    if o.get("name", "stableadamw") not in OPTIMIZERS:
-        _fail(w("optimizer.name"), o.get("name"), f"one of {list(OPTIMIZERS)}")
-    betas = o.get("betas", [0.9, 0.98])
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        _fail(w("optimizer.betas"), betas, "two numbers in [0, 1)")
-    betas = tuple(_number(b, w(f"optimizer.betas[{i}]"), 0, 1, hi_open=True)
-                  for i, b in enumerate(betas))
-    c = _check_keys(d.get("checkpoint") or {}, ("every_steps", "keep_last"), w("checkpoint"))
-    lg = _check_keys(d.get("log") or {}, ("every_steps", "tensorboard"), w("log"))
-    precision = d.get("precision", "auto")
+    model, model_cfg = _model_spec(d.get("model") or {}, source)
+    optimizer = _optimizer(d.get("optimizer") or {}, source)
+    c = {**_defaults(CheckpointConfig),
+         **_check_keys(d.get("checkpoint") or {}, ("every_steps", "keep_last"), w("checkpoint"))}
+    lg = {**_defaults(LogConfig),
+          **_check_keys(d.get("log") or {}, ("every_steps", "tensorboard"), w("log"))}
+    top = _defaults(Recipe)
+    precision = d.get("precision", top["precision"])
     if precision not in PRECISIONS:
         _fail(w("precision"), precision, f"one of {list(PRECISIONS)}")
-    strategy = d.get("distributed", "ddp")
+    strategy = d.get("distributed", top["distributed"])
     if strategy not in STRATEGIES:
         _fail(w("distributed"), strategy, f"one of {list(STRATEGIES)}")
     raw_phases = d.get("phases")
@@ -737,19 +768,16 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
         shards=d["shards"],
         phases=tuple(phases),
         tokenizer=tok,
-        seed=_integer(d.get("seed", 0), w("seed")),
-        model=ModelSpec(preset=m.get("preset", "tiny"), overrides=dict(overrides),
-                        init_from=init_from),
+        seed=_integer(d.get("seed", top["seed"]), w("seed")),
+        model=model,
         precision=precision,
-        optimizer=OptimizerConfig(name=o.get("name", "stableadamw"), betas=betas,
-                                  eps=_number(o.get("eps", 1e-6), w("optimizer.eps"), 0,
-                                              lo_open=True)),
+        optimizer=optimizer,
         distributed=strategy,
         checkpoint=CheckpointConfig(
-            every_steps=_integer(c.get("every_steps", 100), w("checkpoint.every_steps"), 1),
-            keep_last=_integer(c.get("keep_last", 2), w("checkpoint.keep_last"), 1)),
-        log=LogConfig(every_steps=_integer(lg.get("every_steps", 1), w("log.every_steps"), 1),
-                      tensorboard=_boolean(lg.get("tensorboard", False), w("log.tensorboard"))),
+            every_steps=_integer(c["every_steps"], w("checkpoint.every_steps"), 1),
+            keep_last=_integer(c["keep_last"], w("checkpoint.keep_last"), 1)),
+        log=LogConfig(every_steps=_integer(lg["every_steps"], w("log.every_steps"), 1),
+                      tensorboard=_boolean(lg["tensorboard"], w("log.tensorboard"))),
         source=source,
     )
 
