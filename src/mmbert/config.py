@@ -593,6 +593,33 @@ def _variant_from_dict(d: Any, where: str) -> VariantConfig:
     )
 
 
+def _phase_schedule(raw: dict[str, Any], where: str, tokens: int, micro: int,
+                    batch_tokens: int) -> dict[str, Any]:
+    """A phase's LR schedule and batch warmup fields, validated against its token budget."""
+    w = lambda k: f"{where}.{k}"  # noqa: E731
+    warmup = parse_tokens(raw["warmup_tokens"], w("warmup_tokens"), total=tokens)
+    decay = parse_tokens(raw["decay_tokens"], w("decay_tokens"), total=tokens)
+    if warmup + decay > tokens:
+        raise MmbertError(f"{where}: warmup_tokens ({warmup}) + decay_tokens ({decay}) exceed "
+                          f"the phase's tokens ({tokens})")
+    bw = parse_tokens(raw["batch_warmup_tokens"], w("batch_warmup_tokens"), total=tokens)
+    if bw > tokens:
+        _fail(w("batch_warmup_tokens"), bw, f"at most the phase's tokens ({tokens})")
+    bmin = parse_tokens(raw["batch_warmup_min_tokens"] or micro,
+                        w("batch_warmup_min_tokens"))
+    if not micro <= bmin <= batch_tokens:
+        _fail(w("batch_warmup_min_tokens"), bmin,
+              f"between micro_batch_tokens ({micro}) and batch_tokens ({batch_tokens})")
+    shape = raw["decay_shape"]
+    if shape not in DECAY_SHAPES:
+        _fail(w("decay_shape"), shape, f"one of {list(DECAY_SHAPES)}")
+    final = _number(raw["final_lr_ratio"], w("final_lr_ratio"), 0, 1)
+    if shape == "inverse-sqrt" and final <= 0 and decay > 0:
+        _fail(w("final_lr_ratio"), final, "a positive ratio for decay_shape inverse-sqrt")
+    return {"warmup_tokens": warmup, "decay_tokens": decay, "decay_shape": shape,
+            "final_lr_ratio": final, "batch_warmup_tokens": bw, "batch_warmup_min_tokens": bmin}
+
+
 def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
                      model: ModelConfig) -> PhaseConfig:
     _check_keys(d, _PHASE_FIELDS, where)
@@ -626,25 +653,7 @@ def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
     if batch_tokens > tokens:
         _fail(w("batch_tokens"), batch_tokens, f"at most the phase's tokens ({tokens})")
     raw = {**_defaults(PhaseConfig), **raw}
-    warmup = parse_tokens(raw["warmup_tokens"], w("warmup_tokens"), total=tokens)
-    decay = parse_tokens(raw["decay_tokens"], w("decay_tokens"), total=tokens)
-    if warmup + decay > tokens:
-        raise MmbertError(f"{where}: warmup_tokens ({warmup}) + decay_tokens ({decay}) exceed "
-                          f"the phase's tokens ({tokens})")
-    bw = parse_tokens(raw["batch_warmup_tokens"], w("batch_warmup_tokens"), total=tokens)
-    if bw > tokens:
-        _fail(w("batch_warmup_tokens"), bw, f"at most the phase's tokens ({tokens})")
-    bmin = parse_tokens(raw["batch_warmup_min_tokens"] or micro,
-                        w("batch_warmup_min_tokens"))
-    if not micro <= bmin <= batch_tokens:
-        _fail(w("batch_warmup_min_tokens"), bmin,
-              f"between micro_batch_tokens ({micro}) and batch_tokens ({batch_tokens})")
-    shape = raw["decay_shape"]
-    if shape not in DECAY_SHAPES:
-        _fail(w("decay_shape"), shape, f"one of {list(DECAY_SHAPES)}")
-    final = _number(raw["final_lr_ratio"], w("final_lr_ratio"), 0, 1)
-    if shape == "inverse-sqrt" and final <= 0 and decay > 0:
-        _fail(w("final_lr_ratio"), final, "a positive ratio for decay_shape inverse-sqrt")
+    sched = _phase_schedule(raw, where, tokens, micro, batch_tokens)
     variants = raw["variants"] or ()
     if not isinstance(variants, (list, tuple)):
         _fail(w("variants"), variants, "a list of {name, languages, tau, mask_ratio}")
@@ -666,12 +675,7 @@ def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
         lr=_number(raw["lr"], w("lr"), 0, 1, lo_open=True),
         weight_decay=_number(raw["weight_decay"], w("weight_decay"), 0),
         grad_clip=_number(raw["grad_clip"], w("grad_clip"), 0),
-        warmup_tokens=warmup,
-        decay_tokens=decay,
-        decay_shape=shape,
-        final_lr_ratio=final,
-        batch_warmup_tokens=bw,
-        batch_warmup_min_tokens=bmin,
+        **sched,
         reset_optimizer=_boolean(raw["reset_optimizer"], w("reset_optimizer")),
         variants=vs,
     )
