@@ -623,144 +623,184 @@ def pretrain(recipe: Recipe, out_dir: str | Path, resume: bool = False,
         shutdown(env)
 
 
+def _open_run_dir(recipe: Recipe, prep: Any, run_dir: Path, resume: bool) -> None:
+    """Main rank: a fresh run directory, or a resumed one whose recipe.json matches; the
+    tokenizer copied in; leftovers of interrupted checkpoint writes removed."""
+    rj = run_dir / "recipe.json"
+    if rj.exists() and not resume:
+        raise MmbertError(f"{run_dir}: already holds a run; pass --resume to continue it or "
+                          f"choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rj.exists():
+        old = json.loads(rj.read_text(encoding="utf-8"))
+        a, b = _recipe_key(old), _recipe_key(recipe.to_dict())
+        if a != b:
+            raise MmbertError(f"--resume {run_dir}: the recipe differs from the run's "
+                              f"recipe.json at {_first_difference(a, b)}; expected the same "
+                              f"recipe (only shards/tokenizer paths, checkpoint and log may "
+                              f"change)")
+    else:
+        _atomic_json(rj, recipe.to_dict())
+    if prep.tokenizer is not None:
+        tok_dir = run_dir / "tokenizer"
+        tmp = run_dir / ".tmp-tokenizer"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        prep.tokenizer.save(tmp)
+        if tok_dir.exists():
+            shutil.rmtree(tok_dir)
+        os.replace(tmp, tok_dir)
+    for root in [run_dir / "checkpoints"] + [run_dir / "variants" / v / "checkpoints"
+                                             for v in recipe.variant_names]:
+        ckpt.clean_temp(root)
+
+
+def _tensorboard_writer(recipe: Recipe, env: DistEnv) -> Any:
+    """TensorBoard's SummaryWriter class when the recipe asks for it (main rank), else None;
+    checked before any work."""
+    if not (recipe.log.tensorboard and env.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MmbertError(f"{recipe.source}: log.tensorboard = true needs the tensorboard "
+                          f"package; pip install 'mmbert[tensorboard]'") from None
+    return SummaryWriter
+
+
+def _log_start(trainer: "Trainer", recipe: Recipe, env: DistEnv,
+               log: Callable[[str], None]) -> None:
+    dt = trainer.autocast_dtype
+    n = trainer.raw.num_parameters()
+    log(f"pretrain {recipe.name}: {n / 1e6:.2f}M parameters, "
+        f"{'bf16 autocast' if dt is not None else 'fp32'} on {env.device}, "
+        f"{env.world_size} rank(s), {recipe.distributed if env.distributed else 'single'}")
+    if dt is not None and env.device.type == "cpu" and not cpu_has_fast_bf16():
+        log("warning: precision bf16 on a CPU without AMX/AVX512-BF16: bf16 matmuls are "
+            "emulated there and much slower than fp32 (precision: auto picks fp32)")
+
+
+@dataclass
+class _Branch:
+    """A line of training with its own checkpoints, metrics.jsonl and exports: the trunk (its
+    phases in order) or one decay variant (the last phase, branching from the trunk's end)."""
+
+    variant: str | None
+    root: Path  # checkpoints
+    metrics: Path
+    phases: list[tuple[int, PhaseConfig, Path]]  # (phase index, phase, export directory)
+
+
+def _latest(root: Path, env: DistEnv, log: Callable[[str], None]) -> ckpt.Checkpoint | None:
+    """The newest intact checkpoint under ``root`` (found on the main rank, read on all)."""
+    found = ckpt.find_latest_valid(root, log=log) if env.is_main else None
+    found = broadcast_object(str(found) if found else None, env)
+    return ckpt.read_checkpoint(Path(found), check=False) if found else None
+
+
+def _run_branch(trainer: "Trainer", br: _Branch, state: TrainState, data_states: Any,
+                resume_step: int | None, bar: Any) -> dict[int, tuple[Path, list[float]]]:
+    """Train ``br``'s phases from ``state``, exporting each phase end: {phase index: (phase-end
+    checkpoint, losses)}. ``resume_step``: metrics.jsonl lines after it are dropped."""
+    env = trainer.env
+    metrics = Metrics(br.metrics, resume_step) if env.is_main else None
+    out = {}
+    try:
+        for pi, phase, export_dir in br.phases:
+            state, path, loss = trainer.run_phase(pi, phase, br.variant, state, data_states,
+                                                  br.root, metrics, bar)
+            data_states = None
+            trainer.export(path, export_dir)
+            barrier(env)
+            out[pi] = (path, loss)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return out
+
+
+def _run_trunk(trainer: "Trainer", recipe: Recipe, run_dir: Path, resume: bool, bar: Any,
+               log: Callable[[str], None]) -> list[PhaseResult]:
+    """The trunk's phases (resumed from its newest checkpoint), one result per phase."""
+    env, trunk, root = trainer.env, recipe.trunk, run_dir / "checkpoints"
+    state, data_states, resume_step = TrainState(), None, None
+    c = _latest(root, env, log) if resume else None
+    if c is not None:  # the RNG matters only when training continues from it
+        state = trainer.restore(c, rng=int(c.trainer["phase_index"]) < len(trunk))
+        data_states = c.trainer["data"] or None
+        resume_step = state.step
+        log(f"resumed from {c.path} (step {state.step}, {state.tokens:,} tokens)")
+    if env.is_main:
+        bar.update(sum(p.tokens for p in trunk[:state.phase_index]) + state.phase_tokens)
+    br = _Branch(None, root, run_dir / "metrics.jsonl",
+                 [(pi, trunk[pi], run_dir / "export" / trunk[pi].name)
+                  for pi in range(state.phase_index, len(trunk))])
+    losses = {pi: loss for pi, (_, loss) in
+              _run_branch(trainer, br, state, data_states, resume_step, bar).items()}
+    ends = broadcast_object(_phase_end_checkpoints(root) if env.is_main else None, env)
+    return [_phase_result(ends[pi], run_dir / "export" / phase.name, losses.get(pi))
+            for pi, phase in enumerate(trunk)]
+
+
+def _run_variant(trainer: "Trainer", recipe: Recipe, run_dir: Path, name: str,
+                 branch: ckpt.Checkpoint, resume: bool, bar: Any,
+                 log: Callable[[str], None]) -> PhaseResult:
+    """One decay variant: the last phase with the variant's mix, from the trunk's end
+    (``branch``), or resumed from its own newest checkpoint; skipped when already finished."""
+    env, pi = trainer.env, len(recipe.phases) - 1
+    vdir = run_dir / "variants" / name
+    if env.is_main:
+        vdir.mkdir(parents=True, exist_ok=True)
+    barrier(env)
+    done = broadcast_object(_phase_end_checkpoints(vdir / "checkpoints") if env.is_main
+                            else None, env)
+    if pi in done:  # finished earlier
+        if env.is_main:
+            bar.update(recipe.phases[-1].tokens)
+        return _phase_result(done[pi], vdir / "export", None)
+    c = _latest(vdir / "checkpoints", env, log) if resume else None
+    if c is not None:
+        state = trainer.restore(c, rng=True)
+        data_states = c.trainer["data"] or None
+        log(f"resumed variant {name} from {c.path} (step {state.step})")
+    else:
+        state, data_states = trainer.restore(branch, rng=False), None
+        torch.manual_seed(data_seed(recipe.seed, "variant", name) + env.rank)
+    if env.is_main:
+        bar.update(state.phase_tokens)
+    br = _Branch(name, vdir / "checkpoints", vdir / "metrics.jsonl",
+                 [(pi, recipe.phases[-1].variant(name), vdir / "export")])
+    path, loss = _run_branch(trainer, br, state, data_states,
+                             state.step if c is not None else None, bar)[pi]
+    return _phase_result(path, vdir / "export", loss)
+
+
 def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, env: DistEnv,
               log: Callable[[str], None], t_start: float) -> RunResult:
     from tqdm import tqdm
 
     prep = prepare(recipe, variant)
-    writer_cls = None  # TensorBoard: optional, imported lazily, checked before any work
-    if recipe.log.tensorboard and env.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter as writer_cls
-        except ImportError:
-            raise MmbertError(f"{recipe.source}: log.tensorboard = true needs the tensorboard "
-                              f"package; pip install 'mmbert[tensorboard]'") from None
-    trunk_root = run_dir / "checkpoints"
-    # --- run directory: fresh or resumed, and the recipe must match ---------------------------
+    writer_cls = _tensorboard_writer(recipe, env)
     if env.is_main:
-        rj = run_dir / "recipe.json"
-        if rj.exists() and not resume:
-            raise MmbertError(f"{run_dir}: already holds a run; pass --resume to continue it or "
-                              f"choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if rj.exists():
-            old = json.loads(rj.read_text(encoding="utf-8"))
-            a, b = _recipe_key(old), _recipe_key(recipe.to_dict())
-            if a != b:
-                raise MmbertError(f"--resume {run_dir}: the recipe differs from the run's "
-                                  f"recipe.json at {_first_difference(a, b)}; expected the same "
-                                  f"recipe (only shards/tokenizer paths, checkpoint and log may "
-                                  f"change)")
-        else:
-            _atomic_json(rj, recipe.to_dict())
-        if prep.tokenizer is not None:
-            tok_dir = run_dir / "tokenizer"
-            tmp = run_dir / ".tmp-tokenizer"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            prep.tokenizer.save(tmp)
-            if tok_dir.exists():
-                shutil.rmtree(tok_dir)
-            os.replace(tmp, tok_dir)
-        for root in [trunk_root] + [run_dir / "variants" / v / "checkpoints"
-                                    for v in recipe.variant_names]:
-            ckpt.clean_temp(root)
+        _open_run_dir(recipe, prep, run_dir, resume)
     barrier(env)
-
     trainer = Trainer(recipe, prep, run_dir, env, log)
     if env.is_main:
-        dt = trainer.autocast_dtype
-        n = trainer.raw.num_parameters()
-        log(f"pretrain {recipe.name}: {n / 1e6:.2f}M parameters, "
-            f"{'bf16 autocast' if dt is not None else 'fp32'} on {env.device}, "
-            f"{env.world_size} rank(s), {recipe.distributed if env.distributed else 'single'}")
-        if dt is not None and env.device.type == "cpu" and not cpu_has_fast_bf16():
-            log("warning: precision bf16 on a CPU without AMX/AVX512-BF16: bf16 matmuls are "
-                "emulated there and much slower than fp32 (precision: auto picks fp32)")
+        _log_start(trainer, recipe, env, log)
     if writer_cls is not None:
         trainer.tb = writer_cls(str(run_dir / "tensorboard"))
 
     result = RunResult(run_dir)
-    trunk = recipe.trunk
     variants = [v for v in recipe.variant_names if variant is None or v == variant]
-    total = sum(p.tokens for p in trunk) + len(variants) * (recipe.phases[-1].tokens
-                                                             if variants else 0)
+    total = sum(p.tokens for p in recipe.trunk) + len(variants) * recipe.phases[-1].tokens
     bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not env.is_main,
                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-
-    def latest(root: Path) -> ckpt.Checkpoint | None:
-        found = ckpt.find_latest_valid(root, log=log) if env.is_main else None
-        found = broadcast_object(str(found) if found else None, env)
-        return ckpt.read_checkpoint(Path(found), check=False) if found else None
-
-    # --- trunk ---------------------------------------------------------------------------------
-    state, data_states, resume_step = TrainState(), None, None
-    if resume:
-        c = latest(trunk_root)
-        if c is not None:  # the RNG matters only when training continues from it
-            state = trainer.restore(c, rng=int(c.trainer["phase_index"]) < len(trunk))
-            data_states = c.trainer["data"] or None
-            resume_step = state.step
-            log(f"resumed from {c.path} (step {state.step}, {state.tokens:,} tokens)")
-    if env.is_main:
-        bar.update(sum(p.tokens for p in trunk[:state.phase_index]) + state.phase_tokens)
-    metrics = Metrics(run_dir / "metrics.jsonl", resume_step) if env.is_main else None
-    losses: dict[int, list[float]] = {}
-    try:
-        for pi in range(state.phase_index, len(trunk)):
-            phase = trunk[pi]
-            state, path, losses[pi] = trainer.run_phase(pi, phase, None, state, data_states,
-                                                        trunk_root, metrics, bar)
-            data_states = None
-            trainer.export(path, run_dir / "export" / phase.name)
-            barrier(env)
-    finally:
-        if metrics is not None:
-            metrics.close()
-    ends = broadcast_object(_phase_end_checkpoints(trunk_root) if env.is_main else None, env)
-    for pi, phase in enumerate(trunk):
-        result.phases.append(_phase_result(ends[pi], run_dir / "export" / phase.name,
-                                           losses.get(pi)))
-
-    # --- decay variants: each from the trunk's last phase end ----------------------------------
-    if variants:
-        branch = ckpt.read_checkpoint(ends[len(trunk) - 1], check=False)
-        pi = len(recipe.phases) - 1
+    result.phases = _run_trunk(trainer, recipe, run_dir, resume, bar, log)
+    if variants:  # each from the trunk's last phase end
+        branch = ckpt.read_checkpoint(result.phases[-1].checkpoint, check=False)
         for name in variants:
-            vdir = run_dir / "variants" / name
-            vroot = vdir / "checkpoints"
-            if env.is_main:
-                vdir.mkdir(parents=True, exist_ok=True)
-            barrier(env)
-            done = broadcast_object(_phase_end_checkpoints(vroot) if env.is_main else None, env)
-            if pi in done:  # finished earlier
-                result.variants[name] = _phase_result(done[pi], vdir / "export", None)
-                if env.is_main:
-                    bar.update(recipe.phases[-1].tokens)
-                continue
-            c = latest(vroot) if resume else None
-            if c is not None:
-                state = trainer.restore(c, rng=True)
-                data_states = c.trainer["data"] or None
-                log(f"resumed variant {name} from {c.path} (step {state.step})")
-            else:
-                state = trainer.restore(branch, rng=False)
-                data_states = None
-                torch.manual_seed(data_seed(recipe.seed, "variant", name) + env.rank)
-            if env.is_main:
-                bar.update(state.phase_tokens)
-            vm = Metrics(vdir / "metrics.jsonl", state.step if c is not None else None) \
-                if env.is_main else None
-            try:
-                phase = recipe.phases[-1].variant(name)
-                state, path, loss = trainer.run_phase(pi, phase, name, state, data_states,
-                                                      vroot, vm, bar)
-            finally:
-                if vm is not None:
-                    vm.close()
-            trainer.export(path, vdir / "export")
-            barrier(env)
-            result.variants[name] = _phase_result(path, vdir / "export", loss)
+            result.variants[name] = _run_variant(trainer, recipe, run_dir, name, branch, resume,
+                                                 bar, log)
     bar.close()
     if trainer.tb is not None:
         trainer.tb.close()
