@@ -441,25 +441,7 @@ class Trainer:
             masked, step_tokens = int(counts[0]), int(counts[1])
             factor = lr_factor(phase, state.phase_tokens + step_tokens / 2)
             set_hparams(self.opt, phase.lr * factor, factor, phase.weight_decay)
-            lang_stats = torch.zeros(2, n_lang, dtype=torch.float64)  # loss sums, token counts
-            for a, b in enumerate(batches):
-                dev = env.device
-                with grad_sync(self.model, a == n - 1), amp:
-                    out = self.model(b.input_ids.to(dev), cu_seqlens=b.cu_seqlens.to(dev),
-                                     max_seqlen=b.max_seqlen, position_ids=b.position_ids.to(dev),
-                                     labels=b.labels.to(dev))
-                    loss = out.token_loss.sum() * (W / max(masked, 1))
-                loss.backward()
-                tl = out.token_loss.detach().to("cpu", torch.float64)
-                li = b.lang_ids.reshape(-1)[out.predict_positions.to("cpu")]
-                lang_stats[0].index_add_(0, li, tl)
-                lang_stats[1].index_add_(0, li, torch.ones_like(tl))
-            max_norm = phase.grad_clip if phase.grad_clip > 0 else math.inf
-            gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
-            gnorm = float(full_tensor(gnorm)) if is_dtensor(gnorm) else float(gnorm)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            all_reduce_sum(lang_stats, env)
+            lang_stats, gnorm = self._step(batches, masked, n_lang, phase.grad_clip, amp)
             step_loss = float(lang_stats[0].sum() / max(masked, 1))
             state.step += 1
             state.phase_steps += 1
@@ -474,22 +456,11 @@ class Trainer:
             if env.is_main:
                 per_lang = {langs[i]: round(float(lang_stats[0, i] / lang_stats[1, i]), 5)
                             for i in range(n_lang) if lang_stats[1, i] > 0}
-                metrics.write({"step": state.step, "phase": phase.name, "variant": variant,
-                               "tokens": state.tokens, "phase_tokens": state.phase_tokens,
-                               "loss": round(step_loss, 6), "lr": phase.lr * factor,
-                               "grad_norm": round(gnorm, 6), "batch_tokens": step_tokens,
-                               "masked_tokens": masked, "micro_batches": n * W,
-                               "tokens_per_s": round(step_tokens / max(dt, 1e-9), 1),
-                               "lang_loss": per_lang})
-                if self.tb is not None:
-                    self.tb.add_scalar("loss", step_loss, state.tokens)
-                    self.tb.add_scalar("lr", phase.lr * factor, state.tokens)
-                    self.tb.add_scalars(f"lang_loss/{label}", per_lang, state.tokens)
-                bar.set_description(label, refresh=False)
-                bar.update(step_tokens)
-                if state.step % self.recipe.log.every_steps == 0:
-                    bar.set_postfix(step=state.step, loss=f"{step_loss:.3f}",
-                                    tok_s=f"{step_tokens / max(dt, 1e-9):.0f}", refresh=False)
+                self._log_step(metrics, bar, label, state, variant, phase, step_loss,
+                               step_tokens / max(dt, 1e-9), {
+                                   "lr": phase.lr * factor, "grad_norm": round(gnorm, 6),
+                                   "batch_tokens": step_tokens, "masked_tokens": masked,
+                                   "micro_batches": n * W, "lang_loss": per_lang})
             done = state.phase_tokens >= phase.tokens
             if state.step % every == 0 and not done:
                 self.save(root, state, loaders, phase_end=False, phase=phase, variant=variant)
@@ -497,6 +468,51 @@ class Trainer:
         end_state = TrainState(state.step, state.tokens, pi + 1, 0, 0)
         path = self.save(root, end_state, {}, phase_end=True, phase=phase, variant=variant)
         return end_state, path, recent
+
+    def _step(self, batches: list[Any], masked: int, n_lang: int, grad_clip: float,
+              amp: Any) -> tuple[torch.Tensor, float]:
+        """One optimizer step over the micro-batches (gradients synchronised on the last):
+        per-language (loss sums, token counts) over all ranks, and the gradient norm."""
+        env, W, n = self.env, self.env.world_size, len(batches)
+        lang_stats = torch.zeros(2, n_lang, dtype=torch.float64)  # loss sums, token counts
+        for a, b in enumerate(batches):
+            dev = env.device
+            with grad_sync(self.model, a == n - 1), amp:
+                out = self.model(b.input_ids.to(dev), cu_seqlens=b.cu_seqlens.to(dev),
+                                 max_seqlen=b.max_seqlen, position_ids=b.position_ids.to(dev),
+                                 labels=b.labels.to(dev))
+                loss = out.token_loss.sum() * (W / max(masked, 1))
+            loss.backward()
+            tl = out.token_loss.detach().to("cpu", torch.float64)
+            li = b.lang_ids.reshape(-1)[out.predict_positions.to("cpu")]
+            lang_stats[0].index_add_(0, li, tl)
+            lang_stats[1].index_add_(0, li, torch.ones_like(tl))
+        max_norm = grad_clip if grad_clip > 0 else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
+        gnorm = float(full_tensor(gnorm)) if is_dtensor(gnorm) else float(gnorm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        all_reduce_sum(lang_stats, env)
+        return lang_stats, gnorm
+
+    def _log_step(self, metrics: "Metrics", bar: Any, label: str, state: TrainState,
+                  variant: str | None, phase: PhaseConfig, loss: float, rate: float,
+                  rec: dict[str, Any]) -> None:
+        """Main rank: one metrics.jsonl record, TensorBoard scalars and the progress bar."""
+        lang_loss = rec.pop("lang_loss")
+        metrics.write({"step": state.step, "phase": phase.name, "variant": variant,
+                       "tokens": state.tokens, "phase_tokens": state.phase_tokens,
+                       "loss": round(loss, 6), **rec, "tokens_per_s": round(rate, 1),
+                       "lang_loss": lang_loss})
+        if self.tb is not None:
+            self.tb.add_scalar("loss", loss, state.tokens)
+            self.tb.add_scalar("lr", rec["lr"], state.tokens)
+            self.tb.add_scalars(f"lang_loss/{label}", lang_loss, state.tokens)
+        bar.set_description(label, refresh=False)
+        bar.update(rec["batch_tokens"])
+        if state.step % self.recipe.log.every_steps == 0:
+            bar.set_postfix(step=state.step, loss=f"{loss:.3f}", tok_s=f"{rate:.0f}",
+                            refresh=False)
 
 
 class Metrics:
