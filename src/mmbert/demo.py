@@ -82,6 +82,41 @@ def train_in_processes(recipe: Path, run_dir: Path, overrides: list[str], nproc:
     return subprocess.run(cmd, env=env).returncode
 
 
+def _demo_data(corpus: Path, tok_dir: Path, shards: Path, vocab_size: int,
+               timings: dict[str, float], log: Callable[[str], None]) -> None:
+    """Corpus, tokenizer and shards, each built unless already there (shards: per language)."""
+    from mmbert.data.demo import fetch_demo
+    from mmbert.data.shards import prepare
+    from mmbert.tokenizer import train_tokenizer
+
+    t = _step(log, f"demo corpus -> {corpus}")
+    if not (corpus / "corpus.json").is_file():
+        fetch_demo(corpus)
+    timings["corpus"] = time.perf_counter() - t
+    t = _step(log, f"tokenizer (BPE, vocab {vocab_size}) -> {tok_dir}")
+    if not (tok_dir / "tokenizer.json").exists():
+        train_tokenizer(corpus, vocab_size, tok_dir)
+    timings["tokenizer"] = time.perf_counter() - t
+    t = _step(log, f"token shards -> {shards}")
+    prepare(corpus, tok_dir, shards)  # skips finished languages
+    timings["shards"] = time.perf_counter() - t
+
+
+def _demo_training(rec: Any, recipe_path: Path, run_dir: Path, sets: list[str], procs: int,
+                   log: Callable[[str], None]) -> Any:
+    """The recipe in ``procs`` torchrun processes, then in this process: it trains what is
+    left (``procs == 1`` or after a failed launch) or finds every phase done and collects the
+    :class:`~mmbert.train.trainer.RunResult`."""
+    from mmbert.train.trainer import pretrain
+
+    if procs > 1:
+        rc = train_in_processes(recipe_path, run_dir, sets, procs)
+        if rc != 0:  # e.g. no local rendezvous here; a real error repeats below, in one line
+            log(f"warning: training in {procs} processes failed (torchrun exit {rc}); "
+                f"continuing in this process from the newest checkpoint")
+    return pretrain(rec, run_dir, resume=(run_dir / "recipe.json").exists())
+
+
 def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/demo.yaml",
              overrides: tuple[str, ...] = (), vocab_size: int = DEMO_VOCAB,
              density: float = 0.5, procs: int | None = None,
@@ -92,11 +127,7 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     ``procs``: training processes (default :func:`default_procs`); 1 trains in this process.
     ``eval_tokens``: held-out tokens scored per language and model."""
     from mmbert.config import load_recipe
-    from mmbert.data.demo import fetch_demo
-    from mmbert.data.shards import prepare
     from mmbert.merge import merge
-    from mmbert.tokenizer import train_tokenizer
-    from mmbert.train.trainer import pretrain
 
     out = Path(out)
     recipe_path = Path(recipe)
@@ -117,31 +148,11 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    t = _step(log, f"demo corpus -> {corpus}")
-    if not (corpus / "corpus.json").is_file():
-        fetch_demo(corpus)
-    timings["corpus"] = time.perf_counter() - t
-
-    t = _step(log, f"tokenizer (BPE, vocab {vocab_size}) -> {tok_dir}")
-    if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(corpus, vocab_size, tok_dir)
-    timings["tokenizer"] = time.perf_counter() - t
-
-    t = _step(log, f"token shards -> {shards}")
-    prepare(corpus, tok_dir, shards)  # skips finished languages
-    timings["shards"] = time.perf_counter() - t
+    _demo_data(corpus, tok_dir, shards, vocab_size, timings, log)
 
     t = _step(log, f"pre-training {recipe_path} -> {out / 'run'} "
                    f"({procs} process{'es' if procs > 1 else ''})")
-    run_dir = out / "run"
-    if procs > 1:
-        rc = train_in_processes(recipe_path, run_dir, sets, procs)
-        if rc != 0:  # e.g. no local rendezvous here; a real error repeats below, in one line
-            log(f"warning: training in {procs} processes failed (torchrun exit {rc}); "
-                f"continuing in this process from the newest checkpoint")
-    # in this process: trains (procs == 1 or after a failure), or finds every phase done and
-    # collects the results
-    result = pretrain(rec, run_dir, resume=(run_dir / "recipe.json").exists())
+    result = _demo_training(rec, recipe_path, out / "run", sets, procs, log)
     timings["pretrain"] = time.perf_counter() - t
 
     mid = result.phases[-1]
