@@ -348,3 +348,36 @@ def test_output_not_overwritten(tiny_model: Path, tmp_path: Path, capsys) -> Non
                        str(tmp_path / "tr.jsonl"), "--out", str(keep)], capsys)
     assert rc == 2 and "refusing to overwrite" in err
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_cli_finetune_defaults_are_the_task_functions(monkeypatch, tmp_path, capsys):
+    """The CLI passes only the options given; every other default is the task function's own
+    (stated once), and its help shows them; an option another task owns is one clear error."""
+    import inspect
+
+    import mmbert.tasks.embedding as emb
+    from mmbert.cli import main
+
+    seen = {}
+
+    def fake(model_dir, train, out, eval=None, **options):
+        seen.update(options)
+        return {"history": []}
+
+    fake.__signature__ = inspect.signature(emb.finetune_embedding)
+    monkeypatch.setattr(emb, "finetune_embedding", fake)
+    args = ["finetune", "--task", "embedding", "--model", "m", "--train", "t", "--out",
+            str(tmp_path / "o")]
+    assert main(args) == 0 and seen == {}
+    assert main(args + ["--epochs", "2", "--temperature", "0.1"]) == 0
+    assert seen == {"epochs": 2, "temperature": 0.1}
+    capsys.readouterr()
+    assert main(["finetune", "--task", "sequence", "--model", "m", "--train", "t", "--out",
+                 str(tmp_path / "o"), "--temperature", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--temperature: not an option of the sequence task" in err[0]
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = capsys.readouterr().out
+    e = inspect.signature(emb.finetune_embedding).parameters["epochs"].default
+    assert f"embedding {e}" in out and "sequence 3" in out

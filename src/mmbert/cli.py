@@ -280,10 +280,8 @@ def _add_merging(sub: argparse._SubParsersAction) -> None:
 def _cmd_finetune(a: argparse.Namespace) -> None:
     from mmbert.tasks import finetune
 
-    s = finetune(a.task, a.model, a.train, a.out, a.eval, epochs=a.epochs,
-                 batch_size=a.batch_size, lr=a.lr, max_length=a.max_length, seed=a.seed,
-                 max_steps=a.max_steps, tokenizer=a.tokenizer, label_column=a.label_column,
-                 temperature=a.temperature)
+    given = {k: getattr(a, k) for k in _FINETUNE_OPTIONS if getattr(a, k) is not None}
+    s = finetune(a.task, a.model, a.train, a.out, a.eval, **given)  # the rest: task defaults
     last = s["history"][-1] if s["history"] else {}
     print(f"wrote {a.out} ({a.task}); " + ", ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))
@@ -333,6 +331,36 @@ def _cmd_export_tasks(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
 
 
+# fine-tuning options the CLI passes on when given; their defaults live in the task functions
+_FINETUNE_OPTIONS = ("epochs", "batch_size", "lr", "max_length", "max_steps", "seed", "tokenizer",
+                     "label_column", "temperature")
+
+
+def _task_default(name: str) -> str:
+    """``"default: sequence 3, token 3, embedding 1"``: read from the task functions."""
+    import inspect
+
+    from mmbert.tasks import TASKS, task_function
+
+    vals = []
+    for task in TASKS:
+        p = inspect.signature(task_function(task)).parameters.get(name)
+        if p is not None:
+            vals.append(f"{task} {p.default}")
+    return "default: " + ", ".join(vals)
+
+
+class _FinetuneParser(argparse.ArgumentParser):
+    """Fills ``{default}`` in its options' help from the task functions when help is shown
+    (importing them, and torch, only then)."""
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if action.help and "{default}" in action.help:
+                action.help = action.help.replace("{default}", _task_default(action.dest))
+        return super().format_help()
+
+
 def _add_tasks(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune: sequence/token classification, embeddings")
     p.add_argument("--task", required=True, choices=["sequence", "token", "embedding"])
@@ -341,15 +369,18 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                    "hypothesis, label; embedding: anchor+positive) or CoNLL-U/CoNLL-2003 (token)")
     p.add_argument("--eval", default=None, help="evaluation file (metrics after every epoch)")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the model's)")
-    p.add_argument("--label-column", default="upos", help="CoNLL-U column: upos, xpos, deprel")
-    p.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature")
+    p.__class__ = _FinetuneParser
+    p.add_argument("--epochs", type=int, help="{default}")
+    p.add_argument("--batch-size", type=int, help="{default}")
+    p.add_argument("--lr", type=float, help="{default}")
+    p.add_argument("--max-length", type=int, help="tokens per sequence; {default}")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--seed", type=int, help="{default}")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the model's)")
+    p.add_argument("--label-column", help="token task, CoNLL-U column: upos, xpos, deprel; "
+                   "{default}")
+    p.add_argument("--temperature", type=float, help="embedding task, InfoNCE temperature; "
+                   "{default}")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("eval", help="evaluate a model: the demo suite (MLM per language, "

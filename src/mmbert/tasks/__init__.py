@@ -15,9 +15,8 @@ from mmbert.errors import MmbertError
 TASKS = ("sequence", "token", "embedding")
 
 
-def finetune(task: str, model_dir: str | Path, train: str | Path, out: str | Path,
-             eval: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Dispatch to the task's fine-tuning function; options are its keyword arguments."""
+def task_function(task: str):
+    """The fine-tuning function of ``task`` (its keyword defaults are the CLI's defaults)."""
     if task == "sequence":
         from mmbert.tasks.sequence import finetune_sequence as fn
     elif task == "token":
@@ -26,8 +25,19 @@ def finetune(task: str, model_dir: str | Path, train: str | Path, out: str | Pat
         from mmbert.tasks.embedding import finetune_embedding as fn
     else:
         raise MmbertError(f"--task {task!r}: expected one of {list(TASKS)}")
-    if task != "token":
-        options.pop("label_column", None)
-    if task != "embedding":
-        options.pop("temperature", None)
+    return fn
+
+
+def finetune(task: str, model_dir: str | Path, train: str | Path, out: str | Path,
+             eval: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Dispatch to the task's fine-tuning function; options are its keyword arguments (an
+    option the task does not take, such as ``temperature`` for classification, is refused)."""
+    import inspect
+
+    fn = task_function(task)
+    known = inspect.signature(fn).parameters
+    for k in options:
+        if k not in known:
+            raise MmbertError(f"--{k.replace('_', '-')}: not an option of the {task} task; "
+                              f"expected one of its options")
     return fn(model_dir, train, out, eval, **options)
