@@ -164,7 +164,8 @@ def task_files(demo_corpus: Path, tmp_path_factory) -> Path:
     from mmbert.evaluate.classification import domain_task
     from mmbert.evaluate.corpus import Corpus, gettext_pairs
     from mmbert.evaluate.tagging import codeswitch_examples
-    from mmbert.tasks.io import write_conll, write_jsonl
+    from mmbert.outputs import write_jsonl
+    from mmbert.tasks.io import write_conll
 
     d = tmp_path_factory.mktemp("taskfiles")
     c = Corpus.open(demo_corpus)
@@ -346,7 +347,7 @@ def test_output_not_overwritten(tiny_model: Path, tmp_path: Path, capsys) -> Non
     (tmp_path / "tr.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
     rc, err = run_cli(["finetune", "--task", "sequence", "--model", str(tiny_model), "--train",
                        str(tmp_path / "tr.jsonl"), "--out", str(keep)], capsys)
-    assert rc == 2 and "refusing to overwrite" in err
+    assert rc == 2 and "exists and is not empty" in err and "--overwrite" in err
     assert (keep / "notes.txt").read_text() == "mine"
 
 

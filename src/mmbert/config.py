@@ -7,7 +7,6 @@ written by either side reads in the other (see :func:`ModelConfig.to_hf_dict`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -243,16 +242,10 @@ class ModelConfig:
     @classmethod
     def load_json(cls, path: str | Path,
                   tokenizer_ids: dict[str, int] | None = None) -> "ModelConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise MmbertError(f"{p}: no such file; expected a transformers config.json")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MmbertError(f"{p}: not valid JSON ({e}); expected a transformers config.json") from None
-        if not isinstance(d, dict):
-            raise MmbertError(f"{p}: expected a JSON object")
-        return cls.from_hf_dict(d, source=str(p), tokenizer_ids=tokenizer_ids)
+        from mmbert.outputs import read_json
+
+        d = read_json(path, "a transformers config.json")
+        return cls.from_hf_dict(d, source=str(path), tokenizer_ids=tokenizer_ids)
 
 
 def _is_id(v: Any) -> bool:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mmbert.errors import MmbertError
+from mmbert.outputs import read_jsonl, write_text
 
 DEMO_VOCAB = 8192
 EVAL_TOKENS_PER_LANG = 512  # held-out tokens scored per language and model (fixed seed)
@@ -91,11 +92,11 @@ def _demo_data(corpus: Path, tok_dir: Path, shards: Path, vocab_size: int,
 
     t = _step(log, f"demo corpus -> {corpus}")
     if not (corpus / "corpus.json").is_file():
-        fetch_demo(corpus)
+        fetch_demo(corpus, overwrite=True)
     timings["corpus"] = time.perf_counter() - t
     t = _step(log, f"tokenizer (BPE, vocab {vocab_size}) -> {tok_dir}")
     if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(corpus, vocab_size, tok_dir)
+        train_tokenizer(corpus, vocab_size, tok_dir, overwrite=True)
     timings["tokenizer"] = time.perf_counter() - t
     t = _step(log, f"token shards -> {shards}")
     prepare(corpus, tok_dir, shards)  # skips finished languages
@@ -165,7 +166,7 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
     merged = out / "merged"
     if not (merged / "model.safetensors").exists():
         merge([variant_dirs[n] for n in sorted(variant_dirs)], merged, method="ties",
-              base=mid.export, density=density)
+              base=mid.export, density=density, overwrite=True)
     timings["merge"] = time.perf_counter() - t
 
     t = _step(log, "held-out evaluation and report")
@@ -361,15 +362,8 @@ def _metric_records(run_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     unreadable lines (a run killed mid-write) are skipped."""
     files = [run_dir / "metrics.jsonl", *sorted((run_dir / "variants").glob("*/metrics.jsonl"))]
     for f in files:
-        if not f.is_file():
-            continue
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict):
-                yield f, r
+        for r in read_jsonl(f):
+            yield f, r
 
 
 def training_time(run_dir: Path) -> tuple[int, float]:
@@ -635,8 +629,5 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
               f"{m['base']}, models = {', '.join(m['models'])}.", ""]
     lines += ["![loss](plots/loss.png)", "", "![sampling](plots/sampling.png)", "",
               "![mlm](plots/mlm_per_language.png)", ""]
-    (out / "results.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, out / "report.md")
-    return out / "report.md"
+    write_text(out / "results.json", json.dumps(r, indent=1, default=str) + "\n")
+    return write_text(out / "report.md", "\n".join(lines))

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ import torch
 
 from mmbert.config import _HF_DEFAULTS, SPECIAL_ID_FIELDS, ModelConfig
 from mmbert.errors import MmbertError
+from mmbert.outputs import atomic_file, write_text
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -291,18 +290,6 @@ def hf_config_dict(model) -> dict[str, Any]:
     return d
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(model, path: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` in transformers' layout."""
     from safetensors.torch import save_file
@@ -317,6 +304,7 @@ def save_pretrained(model, path: str | Path) -> None:
         if bare:
             name = name.removeprefix("model.")
         tensors[name] = t.detach().to("cpu").contiguous()
-    _atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    with atomic_file(d / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     text = json.dumps(hf_config_dict(model), indent=2, sort_keys=True) + "\n"
-    _atomic_write(d / CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(d / CONFIG, text)

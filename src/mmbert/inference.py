@@ -21,9 +21,7 @@ does, and are cut to ``max_length`` tokens including those two.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbert.errors import MmbertError
+from mmbert.outputs import OutputDir, atomic_file
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16}
@@ -211,18 +210,6 @@ class EmbedResult:
     dim: int
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def embed_file(model_dir: str | Path, input_path: str | Path, out: str | Path, **kw: Any
                ) -> EmbedResult:
     """``mmbert embed``: texts from a file -> ``[n, hidden]`` float32 ``.npy`` (atomic write)."""
@@ -231,7 +218,8 @@ def embed_file(model_dir: str | Path, input_path: str | Path, out: str | Path, *
         raise MmbertError(f"--out {out}: expected a .npy file name")
     texts = read_texts(input_path)
     emb = embed_texts(model_dir, texts, **kw)
-    _atomic_save_npy(out, emb)
+    with atomic_file(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb)
     return EmbedResult(out, emb.shape[0], emb.shape[1])
 
 
@@ -369,15 +357,18 @@ class ExportResult:
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = 17,
-                check: bool = True, atol: float = 1e-4) -> ExportResult:
+                check: bool = True, atol: float = 1e-4, overwrite: bool = False) -> ExportResult:
     """``mmbert export-onnx``: ``OUT/model.onnx`` (inputs ``input_ids``, ``attention_mask``
     ``[batch, seq]`` int64; output ``last_hidden_state`` ``[batch, seq, hidden]`` float32),
     plus the model's config and tokenizer files. fp32 (ONNX Runtime has no fast bf16 on CPU).
-    With ``check`` the file is run with onnxruntime and compared with torch."""
+    With ``check`` the file is run with onnxruntime and compared with torch. ``out_dir`` is an
+    output directory (:class:`mmbert.outputs.OutputDir`)."""
     import warnings
 
     d = _model_dir(model_dir)
     out = Path(out_dir)
+    od = OutputDir(out, overwrite=overwrite)
+    od.check()
     encoder = load_encoder(d, "fp32")
     dense = DenseEncoder(encoder).eval()
     c = encoder.config
@@ -386,9 +377,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = 17,
     ids = torch.randint(5, c.vocab_size, (B, T), generator=g)
     mask = torch.ones(B, T, dtype=torch.long)
     mask[1, T // 2:] = 0
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
+    with od as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -406,10 +395,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = 17,
                      "special_tokens_map.json"):
             if (d / name).is_file():
                 shutil.copyfile(d / name, tmp / name)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out / "model.onnx", diff)
 
 

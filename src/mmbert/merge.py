@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from mmbert.config import ModelConfig, preset
 from mmbert.errors import MmbertError
-from mmbert.tasks.common import AtomicDir  # new dir under a temp name, renamed on success
+from mmbert.outputs import OutputDir, read_json, write_json
 
 DEFAULT_DENSITY = 0.2  # TIES' default: keep the top 20 % of each task vector
 DEFAULT_LAMBDA = 1.0
@@ -97,14 +97,14 @@ class Checkpoint:
         if not p.is_dir():
             raise MmbertError(f"{role} {p}: no such directory; expected a transformers ModernBERT "
                               "directory (config.json + model.safetensors)")
-        self.config_dict = _read_json(p / "config.json", "a transformers config.json")
+        self.config_dict = read_json(p / "config.json", "a transformers config.json")
         self.config = ModelConfig.from_hf_dict(self.config_dict, source=str(p / "config.json"))
         index = p / "model.safetensors.index.json"
         if (p / "model.safetensors").is_file():
             files = {"model.safetensors"}
             self._file_of: dict[str, str] | None = None
         elif index.is_file():
-            weight_map = _read_json(index, "a safetensors index").get("weight_map")
+            weight_map = read_json(index, "a safetensors index").get("weight_map")
             if not isinstance(weight_map, dict):
                 raise MmbertError(f"{index}: no 'weight_map' object; expected a safetensors index")
             self._file_of = {str(k): str(v) for k, v in weight_map.items()}
@@ -209,24 +209,12 @@ class _SafetensorsStream:
         self._f.close()
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise MmbertError(f"{path}: no such file; expected {what}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MmbertError(f"{path}: not valid JSON ({e}); expected {what}") from None
-    if not isinstance(d, dict):
-        raise MmbertError(f"{path}: expected a JSON object ({what})")
-    return d
-
-
-def _check_out(out: Path, inputs: Sequence[Path]) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MmbertError(f"--out {out}: already exists; expected a new (or empty) directory")
+def _check_out(out: OutputDir, inputs: Sequence[Path]) -> None:
+    """``out`` must not be one of the inputs, and it follows the output directory rule."""
     for p in inputs:
-        if out.resolve() == p.resolve():
-            raise MmbertError(f"--out {out}: is also an input; expected a new directory")
+        if out.out.resolve() == p.resolve():
+            raise MmbertError(f"--out {out.out}: is also an input; expected a new directory")
+    out.check()
 
 
 def _copy_tokenizer(sources: Sequence[Path], dst: Path) -> Path | None:
@@ -365,13 +353,14 @@ def _tensor_names(cks: Sequence[Checkpoint], tied: bool) -> list[str]:
 def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties",
           base: str | Path | None = None, density: float | None = None,
           weights: Sequence[float] | None = None, lam: float | None = None,
-          chunk_elems: int = CHUNK_ELEMS) -> Path:
+          chunk_elems: int = CHUNK_ELEMS, overwrite: bool = False) -> Path:
     """Merge transformers-layout directories into ``out`` (see the module docstring).
 
     ``method``: ``"ties"`` (needs ``base``; ``density`` default 0.2, ``lam`` default 1) or
     ``"linear"`` (weighted mean; with ``base`` and ``lam`` it is task arithmetic). Output:
     config.json of the first model, model.safetensors in the first model's dtypes (math in fp32),
     the tokenizer files of the first model that has them (else the base's), and merge.json.
+    ``out`` is an output directory (:class:`mmbert.outputs.OutputDir`).
     """
     if method not in METHODS:
         raise MmbertError(f"--method {method!r}: expected one of {list(METHODS)}")
@@ -400,10 +389,10 @@ def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties"
     if method == "linear" and base is None and lam != 1.0:
         raise MmbertError("--lambda: a linear merge uses it only with --base (task arithmetic)")
 
-    out = Path(out)
+    od = OutputDir(out, overwrite=overwrite)
     base_ck = Checkpoint(base, "--base") if base is not None else None
     cks = [Checkpoint(m, "--models") for m in models]
-    _check_out(out, [c.path for c in cks] + ([base_ck.path] if base_ck else []))
+    _check_out(od, [c.path for c in cks] + ([base_ck.path] if base_ck else []))
     everyone = cks + ([base_ck] if base_ck else [])
     _check_same_architecture(everyone)
     tied = cks[0].config.tie_word_embeddings
@@ -411,7 +400,7 @@ def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties"
     specs = [(n, cks[0].dtype(n), cks[0].shape(n)) for n in names]
     need_base = base_ck is not None and (method == "ties" or lam != 1.0)
 
-    with AtomicDir(out) as tmp:
+    with od as tmp:
         with _SafetensorsStream(tmp / "model.safetensors", specs) as writer:
             for name in _progress(names, f"merge ({method})"):
                 _merge_one(name, cks, base_ck if need_base else None, method, weights,
@@ -422,8 +411,8 @@ def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties"
                 "base": str(base_ck.path) if base_ck else None, "weights": weights,
                 "density": density if method == "ties" else None, "lambda": lam,
                 "tokenizer_from": str(tok_src) if tok_src else None}
-        (tmp / "merge.json").write_text(json.dumps(info, indent=2) + "\n")
-    return out
+        write_json(tmp / "merge.json", info)
+    return Path(out)
 
 
 def _merge_one(name: str, cks: Sequence[Checkpoint], base_ck: Checkpoint | None, method: str,
@@ -593,16 +582,18 @@ def _small_specs(ck: Checkpoint, plan: SmallInitPlan, tied: bool) -> list[tuple[
 def init_small(base_dir: str | Path, out_dir: str | Path,
                target: ModelConfig | str = "mmbert-small", *, residual_offset: int = 0,
                head_offset: int = 0, heads: Sequence[int] | None = None,
-               intermediate_offset: int = 0, layers: Sequence[int] | None = None) -> Path:
+               intermediate_offset: int = 0, layers: Sequence[int] | None = None,
+               overwrite: bool = False) -> Path:
     """Write a smaller model initialised from ``base_dir`` by strided weight selection.
 
     ``target``: a preset name or a ModelConfig; only its hidden_size, num_attention_heads,
     intermediate_size and num_hidden_layers are used, the rest (vocabulary, RoPE, window, special
     ids) is the base's. Values are copied exactly, in the base's dtype. Tokenizer files are copied.
+    ``out_dir`` is an output directory (:class:`mmbert.outputs.OutputDir`).
     """
     ck = Checkpoint(base_dir, "--from")
-    out = Path(out_dir)
-    _check_out(out, [ck.path])
+    od = OutputDir(out_dir, overwrite=overwrite)
+    _check_out(od, [ck.path])
     target_cfg = preset(target) if isinstance(target, str) else target
     plan = plan_small_init(ck.config, target_cfg, residual_offset=residual_offset,
                            head_offset=head_offset, heads=heads,
@@ -624,7 +615,7 @@ def init_small(base_dir: str | Path, out_dir: str | Path,
         shape = ck.shape(src)
         shapes.append((new, ck.dtype(src),
                        tuple(shape[i] if s is None else len(s) for i, s in enumerate(sel))))
-    with AtomicDir(out) as tmp:
+    with od as tmp:
         with _SafetensorsStream(tmp / "model.safetensors", shapes) as writer:
             for new, src, sel in _progress(specs, "init-small"):
                 x = ck.read(src)
@@ -632,12 +623,12 @@ def init_small(base_dir: str | Path, out_dir: str | Path,
                     if idx is not None:
                         x = x.index_select(dim, torch.tensor(idx, dtype=torch.long))
                 writer.write(new, x)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        write_json(tmp / "config.json", dict(sorted(cfg.items())))
         _copy_tokenizer([ck.path], tmp)
         info = {"method": "strided weight selection (Xu et al. 2024)", "base": str(ck.path),
                 "layers": plan.layers, "heads": plan.heads,
                 "residual_offset": residual_offset, "residual_stride":
                 plan.base.hidden_size // t.hidden_size, "intermediate_offset": intermediate_offset,
                 "intermediate_stride": plan.base.intermediate_size // t.intermediate_size}
-        (tmp / "init_small.json").write_text(json.dumps(info, indent=2) + "\n")
-    return out
+        write_json(tmp / "init_small.json", info)
+    return Path(out_dir)

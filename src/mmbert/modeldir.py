@@ -16,6 +16,7 @@ import torch
 from mmbert.errors import MmbertError
 from mmbert.hf import TOKENIZER_FILES, read_config
 from mmbert.model import Encoder, MaskedLM, SequenceClassifier, TokenClassifier
+from mmbert.outputs import OutputDir
 
 
 def model_class_for(raw: dict[str, Any]):
@@ -52,14 +53,18 @@ def check_model(path: str | Path) -> dict[str, Any]:
             "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size}
 
 
-def convert(src: str | Path, out: str | Path, *, dtype: torch.dtype | str | None = "auto") -> Path:
+def convert(src: str | Path, out: str | Path, *, dtype: torch.dtype | str | None = "auto",
+            overwrite: bool = False) -> Path:
     """Re-save a ModernBERT directory in our canonical layout (clean names, one safetensors file,
     config.json readable by transformers 4.48 and 5.x), optionally changing the dtype. The
-    tokenizer files come along: config.json may now name special ids taken from them."""
+    tokenizer files come along: config.json may now name special ids taken from them. ``out``
+    is an output directory (:class:`mmbert.outputs.OutputDir`)."""
+    od = OutputDir(out, overwrite=overwrite)
+    od.check()
     model = load_any(src, dtype=dtype)
-    model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        s, d = Path(src) / name, Path(out) / name
-        if s.is_file() and not (d.exists() and d.samefile(s)):
-            shutil.copyfile(s, d)
+    with od as tmp:
+        model.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (Path(src) / name).is_file():
+                shutil.copyfile(Path(src) / name, tmp / name)
     return Path(out)

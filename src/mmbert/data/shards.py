@@ -29,28 +29,17 @@ import numpy as np
 
 from mmbert.data.sources import DecodeStats, Input, heldout_by_hash, iter_input, scan_corpus
 from mmbert.errors import MmbertError
+from mmbert.outputs import read_json, write_json
 
 SPLITS = ("train", "heldout")
 MANIFEST = "manifest.json"
 FORMAT = "mmbert-shards"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_manifest(shards: str | Path) -> dict[str, Any]:
     p = Path(shards) / MANIFEST
-    if not p.is_file():
-        raise MmbertError(f"{p}: no such file; expected a shard directory written by "
-                          f"`mmbert data prepare`")
-    try:
-        m = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MmbertError(f"{p}: invalid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
+    m = read_json(p, "a shard directory written by `mmbert data prepare`")
+    if m.get("format") != FORMAT:
         raise MmbertError(f"{p}: not a shard manifest; expected format '{FORMAT}'")
     return m
 
@@ -297,7 +286,7 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
     jobs = [_Job(lang, inputs[lang], str(tokenizer), str(out), heldout_fraction, errors,
                  {s: v.get("sources", {}) for s, v in hint.get(lang, {}).items()})
             for lang in todo]
-    write_json_atomic(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     replaced = 0
     bar = tqdm(total=len(jobs), desc="prepare", unit="lang", disable=not progress or None)
     n_tokens = 0
@@ -309,7 +298,7 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
         assert entry is not None
         manifest["languages"][lang] = entry
         manifest["languages"] = dict(sorted(manifest["languages"].items()))
-        write_json_atomic(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest)
         replaced += entry["replacements"]
         n_tokens += sum(s["tokens"] for s in entry["splits"].values())
         bar.update(1)
@@ -334,7 +323,7 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
     manifest["replacements"] = sum(e.get("replacements", 0)
                                    for e in manifest["languages"].values())
     manifest["replacements_this_run"] = replaced
-    write_json_atomic(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

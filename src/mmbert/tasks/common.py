@@ -1,4 +1,4 @@
-"""Shared pieces of the fine-tuning loops: tokenizer, packing, length batching, seeds, outputs.
+"""Shared pieces of the fine-tuning loops: tokenizer, packing, length batching, seeds, metrics.
 
 Batches are *packed* (``input_ids [N]`` + ``cu_seqlens``): the encoder computes on real tokens
 only, so sorting by length matters for the memory bound of a batch, not for padding waste.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from mmbert.config import ModelConfig
 from mmbert.errors import MmbertError
 from mmbert.hf import TOKENIZER_FILES
+from mmbert.outputs import write_json
 
 
 def set_seed(seed: int) -> None:
@@ -220,56 +220,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, total
         return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-# ---------------------------------------------------------------------------------------------
-# Output directories
-# ---------------------------------------------------------------------------------------------
-
-class AtomicDir:
-    """Write a whole output directory under a temporary name, rename it into place on success.
-
-    An existing ``out`` is replaced only if it looks like one of our outputs (has config.json,
-    results.json or tasks.json) or is empty; anything else is refused, so a typo cannot wipe
-    a directory."""
-
-    def __init__(self, out: str | Path):
-        self.out = Path(out)
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        if self.out.exists():
-            if not self.out.is_dir():
-                raise MmbertError(f"{self.out}: exists and is not a directory; expected a new or "
-                                  "previous output directory")
-            ours = any((self.out / n).exists() for n in ("config.json", "results.json",
-                                                          "tasks.json"))
-            if not ours and any(self.out.iterdir()):
-                raise MmbertError(f"{self.out}: exists and is not an mmbert output; expected a "
-                                  "new directory (refusing to overwrite)")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            self.out.rename(old)
-            self.tmp.rename(self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.tmp.rename(self.out)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(p)
 
 
 def finetuned_max_length(model_dir: str | Path, default: int = 512) -> int:

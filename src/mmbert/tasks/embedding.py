@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from mmbert.errors import MmbertError
-from mmbert.tasks.common import (AtomicDir, TextTokenizer, copy_tokenizer_files, fit,
-                                 length_batches, load_text_tokenizer, pack, random_batches,
-                                 write_json)
+from mmbert.outputs import OutputDir, write_json
+from mmbert.tasks.common import (TextTokenizer, copy_tokenizer_files, fit,
+                                 length_batches, load_text_tokenizer, pack, random_batches)
 from mmbert.tasks.io import PairExample, read_pair_file
 
 
@@ -107,7 +107,8 @@ def finetune_embedding(model_dir: str | Path, train_path: str | Path | None, out
                        temperature: float = 0.05, max_length: int = 256, seed: int = 0,
                        max_steps: int | None = None, tokenizer: str | Path | None = None,
                        train_examples: list[PairExample] | None = None,
-                       eval_examples: list[PairExample] | None = None) -> dict[str, Any]:
+                       eval_examples: list[PairExample] | None = None,
+                       overwrite: bool = False) -> dict[str, Any]:
     """Contrastive fine-tuning on text pairs; writes a sentence-transformers directory whose
     root is a transformers ``ModernBertModel``."""
     from mmbert.hf import read_config
@@ -115,6 +116,8 @@ def finetune_embedding(model_dir: str | Path, train_path: str | Path | None, out
 
     if not temperature > 0:
         raise MmbertError(f"--temperature {temperature}: expected a positive number")
+    out = OutputDir(out_dir, overwrite=overwrite)
+    out.check()  # before any training
     config, _ = read_config(model_dir)
     tt = load_text_tokenizer(model_dir, config, tokenizer)
     train = train_examples if train_examples is not None else read_pair_file(train_path)
@@ -142,7 +145,7 @@ def finetune_embedding(model_dir: str | Path, train_path: str | Path | None, out
         return {"eval_acc@1_a2p": retrieval_at1(ea, ep), "eval_acc@1_p2a": retrieval_at1(ep, ea)}
 
     before = evaluate() if dev is not None else {}
-    with AtomicDir(out_dir) as tmp:
+    with out as tmp:
         history = fit(encoder, make_batches, loss_fn, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed,
                       evaluate=evaluate if dev is not None else None,

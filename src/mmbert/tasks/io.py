@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmbert.errors import MmbertError
+from mmbert.outputs import atomic_file
 
 # Accepted column names for text pairs (contrastive training), first match wins.
 PAIR_COLUMNS = (("anchor", "positive"), ("query", "positive"), ("sentence1", "sentence2"),
@@ -200,25 +201,10 @@ def read_token_file(path: str | Path, label_column: str = "upos") -> list[TokenE
     return out
 
 
-def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
-    """Write records as JSONL atomically (temp name, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(p)
-
-
 def write_conll(path: str | Path, examples: list[TokenExample]) -> None:
     """Write CoNLL-2003-style ``word label`` lines (words must not contain whitespace)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for ex in examples:
             for w, lab in zip(ex.words, ex.labels):
                 f.write(f"{w} {lab}\n")
             f.write("\n")
-    tmp.replace(p)

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import torch
 
 from mmbert.errors import MmbertError
-from mmbert.tasks.common import (AtomicDir, TextTokenizer, accuracy, copy_tokenizer_files, fit,
+from mmbert.outputs import OutputDir, write_json
+from mmbert.tasks.common import (TextTokenizer, accuracy, copy_tokenizer_files, fit,
                                  finetuned_max_length, length_batches, load_text_tokenizer,
-                                 macro_f1, pack, write_json)
+                                 macro_f1, pack)
 from mmbert.tasks.io import SequenceExample, read_sequence_file
 
 
@@ -58,12 +59,15 @@ def finetune_sequence(model_dir: str | Path, train_path: str | Path | None, out_
                       max_length: int = 256, seed: int = 0, max_steps: int | None = None,
                       tokenizer: str | Path | None = None,
                       train_examples: list[SequenceExample] | None = None,
-                      eval_examples: list[SequenceExample] | None = None) -> dict[str, Any]:
+                      eval_examples: list[SequenceExample] | None = None,
+                      overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune for sequence classification; write a transformers
     ``ModernBertForSequenceClassification`` directory with id2label/label2id."""
     from mmbert.hf import read_config
     from mmbert.model import SequenceClassifier
 
+    out = OutputDir(out_dir, overwrite=overwrite)
+    out.check()  # before any training
     config, _ = read_config(model_dir)
     tt = load_text_tokenizer(model_dir, config, tokenizer)
     train = train_examples if train_examples is not None else read_sequence_file(train_path)
@@ -94,7 +98,7 @@ def finetune_sequence(model_dir: str | Path, train_path: str | Path | None, out_
         m = sequence_metrics(predict(model, x_dev), y_dev, len(labels))
         return {f"eval_{k}": v for k, v in m.items()}
 
-    with AtomicDir(out_dir) as tmp:
+    with out as tmp:
         history = fit(model, make_batches, loss_fn, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed,
                       evaluate=evaluate if dev is not None else None,

@@ -24,10 +24,11 @@ import torch
 
 from mmbert.config import IGNORE_INDEX
 from mmbert.errors import MmbertError
-from mmbert.tasks.common import (AtomicDir, TextTokenizer, accuracy, copy_tokenizer_files, fit,
+from mmbert.outputs import OutputDir, write_json
+from mmbert.tasks.common import (TextTokenizer, accuracy, copy_tokenizer_files, fit,
                                  is_bio, length_batches, finetuned_max_length,
                                  load_text_tokenizer, macro_f1, pack,
-                                 span_f1, write_json)
+                                 span_f1)
 from mmbert.tasks.io import TokenExample, read_token_file
 
 
@@ -145,12 +146,15 @@ def finetune_token(model_dir: str | Path, train_path: str | Path, out_dir: str |
                    weight_decay: float = 0.01, max_length: int = 256, seed: int = 0,
                    max_steps: int | None = None, tokenizer: str | Path | None = None,
                    train_examples: list[TokenExample] | None = None,
-                   eval_examples: list[TokenExample] | None = None) -> dict[str, Any]:
+                   eval_examples: list[TokenExample] | None = None,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune a ModernBERT directory for token classification; write a transformers
     ``ModernBertForTokenClassification`` directory (id2label/label2id in config.json)."""
     from mmbert.hf import read_config
     from mmbert.model import TokenClassifier
 
+    out = OutputDir(out_dir, overwrite=overwrite)
+    out.check()  # before any training
     config, _ = read_config(model_dir)
     tt = load_text_tokenizer(model_dir, config, tokenizer)
     train = (train_examples if train_examples is not None
@@ -181,8 +185,7 @@ def finetune_token(model_dir: str | Path, train_path: str | Path, out_dir: str |
         pred = predict_words(model, tt, dev, max_length=max_length)
         return {f"eval_{k}": v for k, v in token_metrics(pred, y_dev, labels).items()}
 
-    out = Path(out_dir)
-    with AtomicDir(out) as tmp:
+    with out as tmp:
         history = fit(model, make_batches, loss_fn, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed,
                       evaluate=evaluate if dev is not None else None,

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -47,6 +46,7 @@ import torch
 
 from mmbert.config import IGNORE_INDEX, PhaseConfig, Recipe, recipe_from_dict
 from mmbert.errors import MmbertError
+from mmbert.outputs import OutputDir, read_json, read_jsonl, write_json, write_jsonl
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
                                       broadcast_object, full_tensor, grad_sync, init_distributed,
@@ -146,12 +146,6 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
             if x != y:
                 return _first_difference(x, y, f"{path}[{i}]")
     return f"{path}: {a!r} in the run, {b!r} now"
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +383,7 @@ class Trainer:
         if not self.env.is_main:
             return None
         tok = self.run_dir / "tokenizer" if self.prep.tokenizer else None
-        return export(checkpoint_dir, out, tokenizer=tok, verify=False)
+        return export(checkpoint_dir, out, tokenizer=tok, verify=False, overwrite=True)
 
     # -- one phase ----------------------------------------------------------------------------
     def make_loaders(self, phase: PhaseConfig, langs: list[str], seed: int,
@@ -521,16 +515,8 @@ class Metrics:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():  # drop steps after the checkpoint
-            keep = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= resume_step:
-                        keep.append(line)
-                except (ValueError, KeyError, TypeError):
-                    break  # a torn last line from a kill
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-            os.replace(tmp, path)
+            write_jsonl(path, [r for r in read_jsonl(path)  # (and a torn last line from a kill)
+                               if isinstance(r.get("step"), int) and r["step"] <= resume_step])
         elif resume_step is None and path.exists():
             path.unlink()
         self.f = open(path, "a", encoding="utf-8")
@@ -548,9 +534,12 @@ class Metrics:
 # ---------------------------------------------------------------------------------------------
 
 def export(checkpoint_dir: str | Path, out: str | Path, tokenizer: str | Path | None = None, *,
-           verify: bool = True) -> Path:
+           verify: bool = True, overwrite: bool = False) -> Path:
     """Write an HF directory (config.json, model.safetensors, tokenizer files) from a training
-    checkpoint (or a run directory: its newest intact checkpoint). Atomic: temp dir + rename."""
+    checkpoint (or a run directory: its newest intact checkpoint). ``out`` is an output
+    directory (:class:`mmbert.outputs.OutputDir`)."""
+    od = OutputDir(out, overwrite=overwrite)
+    od.check()
     src = ckpt.resolve(checkpoint_dir)
     if verify:
         ckpt.verify(src)
@@ -559,30 +548,16 @@ def export(checkpoint_dir: str | Path, out: str | Path, tokenizer: str | Path | 
             tokenizer = ckpt.read_trainer_state(src).get("tokenizer")
         except MmbertError:
             tokenizer = None
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    if tokenizer is not None and not Path(tokenizer).exists():
+        raise MmbertError(f"{src}: its tokenizer {tokenizer} no longer exists; pass --tokenizer")
+    with od as tmp:
         for f in ("config.json", "model.safetensors"):
             shutil.copyfile(src / "model" / f, tmp / f)
         if tokenizer is not None:
             from mmbert.tokenizer import load_tokenizer
 
-            if not Path(tokenizer).exists():
-                raise MmbertError(f"{src}: its tokenizer {tokenizer} no longer exists; pass "
-                                  f"--tokenizer")
             load_tokenizer(tokenizer).save(tmp)
-        if out.exists():
-            old = out.with_name(f".old-{out.name}-{os.getpid()}")
-            os.replace(out, old)
-            shutil.rmtree(old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,7 +623,7 @@ def _open_run_dir(recipe: Recipe, prep: Any, run_dir: Path, resume: bool) -> Non
                           f"choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     if rj.exists():
-        old = json.loads(rj.read_text(encoding="utf-8"))
+        old = read_json(rj, "the run's recipe.json")
         a, b = _recipe_key(old), _recipe_key(recipe.to_dict())
         if a != b:
             raise MmbertError(f"--resume {run_dir}: the recipe differs from the run's "
@@ -656,16 +631,11 @@ def _open_run_dir(recipe: Recipe, prep: Any, run_dir: Path, resume: bool) -> Non
                               f"recipe (only shards/tokenizer paths, checkpoint and log may "
                               f"change)")
     else:
-        _atomic_json(rj, recipe.to_dict())
+        write_json(rj, recipe.to_dict())
     if prep.tokenizer is not None:
         tok_dir = run_dir / "tokenizer"
-        tmp = run_dir / ".tmp-tokenizer"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        prep.tokenizer.save(tmp)
-        if tok_dir.exists():
-            shutil.rmtree(tok_dir)
-        os.replace(tmp, tok_dir)
+        with OutputDir(tok_dir, overwrite=True) as tmp:
+            prep.tokenizer.save(tmp)
     for root in [run_dir / "checkpoints"] + [run_dir / "variants" / v / "checkpoints"
                                              for v in recipe.variant_names]:
         ckpt.clean_temp(root)
@@ -834,4 +804,4 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
     if not p.is_file():
         raise MmbertError(f"{run_dir}: no recipe.json; expected a run directory of "
                           f"`mmbert pretrain`")
-    return recipe_from_dict(json.loads(p.read_text(encoding="utf-8")), source=str(p))
+    return recipe_from_dict(read_json(p, "the run's recipe.json"), source=str(p))

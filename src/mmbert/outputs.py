@@ -1,0 +1,146 @@
+"""Writing outputs: atomic files, JSON/JSONL I/O, and the one rule for output directories.
+
+Files. :func:`atomic_file` writes ``path`` under a temporary sibling ``.<name>.tmp-<pid>`` and
+renames it into place with ``os.replace`` on success, so a reader (or a killed run) never sees
+half a file; on failure the temporary file is removed and ``path`` is untouched.
+:func:`write_text`, :func:`write_json` and :func:`write_jsonl` are built on it.
+:func:`read_json` and :func:`read_jsonl` read them back; bad content is one
+:class:`~mmbert.errors.MmbertError` line naming the file and what was expected.
+
+Output directories (every command with an ``--out DIR`` that it creates: finetune, eval,
+export-tasks, merge, init-small, export, export-onnx, convert, tokenizer fetch-gemma/train,
+data fetch-demo). :class:`OutputDir` yields a temporary sibling directory to write into, and:
+
+- ``DIR`` missing, or an empty directory: the result is renamed into place on success; on
+  failure nothing is left at ``DIR`` (an empty one stays empty);
+- ``DIR`` exists and is not empty: refused with ``DIR: exists and is not empty; expected a new
+  or empty directory, or --overwrite to replace it``, unless ``overwrite=True``: then the new
+  directory is completed first, the old one renamed away and deleted (if the write fails the
+  old contents stay intact);
+- ``DIR`` is a file: refused.
+
+Commands that resume into a run directory (``pretrain --out RUN``, ``demo --out``, ``bench``,
+``data prepare``) are not output directories in this sense; what they publish inside the run
+(a phase's ``export/``, the run's tokenizer) uses ``OutputDir(..., overwrite=True)``, since a
+rerun must replace it. Training checkpoints have their own publication protocol (manifest,
+fsync, rotation) in :mod:`mmbert.train.checkpoint`, and so do token shards
+(:mod:`mmbert.data.shards`, resumable per language).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from mmbert.errors import MmbertError
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; it replaces ``path`` when the block succeeds."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(p, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as UTF-8 JSON (indent 2, non-ASCII kept), with a trailing newline."""
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
+    """One JSON object per line (non-ASCII kept)."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing, unreadable or non-object file is one error line
+    naming the file and ``what`` was expected."""
+    p = Path(path)
+    if not p.is_file():
+        raise MmbertError(f"{p}: no such file; expected {what}")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MmbertError(f"{p}: not valid JSON ({e}); expected {what}") from None
+    if not isinstance(d, dict):
+        raise MmbertError(f"{p}: not a JSON object; expected {what}")
+    return d
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL log (metrics.jsonl). Lines that do not parse as an object are
+    skipped: a run killed mid-write leaves a torn last line. A missing file reads as empty."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict):
+            out.append(r)
+    return out
+
+
+class OutputDir:
+    """``with OutputDir(out, overwrite=...) as tmp:`` write the whole output into ``tmp``; it
+    becomes ``out`` when the block succeeds (the rule is in this module's docstring)."""
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.tmp = _sibling(self.out, "tmp")
+
+    def check(self) -> None:
+        """Refuse ``out`` now (before any work) if the rule says so."""
+        if self.out.exists() and not self.out.is_dir():
+            raise MmbertError(f"{self.out}: exists and is not a directory; expected a new or "
+                              "empty directory")
+        if not self.overwrite and self.out.is_dir() and any(self.out.iterdir()):
+            raise MmbertError(f"{self.out}: exists and is not empty; expected a new or empty "
+                              "directory, or --overwrite to replace it")
+
+    def __enter__(self) -> Path:
+        self.check()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.out.is_dir():
+            old = _sibling(self.out, "old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
