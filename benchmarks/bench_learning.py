@@ -131,7 +131,7 @@ def phase_recipe(shards: Path, tokenizer: Path, *, tokens: int, languages: int,
     """Phase 1 of configs/demo.yaml alone, fp32, plain AdamW (see the module docstring)."""
     import yaml
 
-    from mmbert.config import apply_overrides, recipe_from_dict
+    from mmbert.recipe import apply_overrides, recipe_from_dict
 
     d = yaml.safe_load(DEMO_RECIPE.read_text(encoding="utf-8"))
     d["phases"] = d["phases"][:1]
@@ -664,7 +664,7 @@ def profile_sides(recipe: Any, langs: list[str], init_dir: Path, work: Path,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from mmbert.config import parse_tokens
+    from mmbert.recipe import parse_tokens
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")

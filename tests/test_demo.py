@@ -30,7 +30,7 @@ def test_run_models_lists_kept_checkpoints_in_training_order(tmp_path: Path) -> 
     the merge; a rolling checkpoint at a phase's last step is that phase's end (listed once)."""
     import pytest
 
-    from mmbert.config import load_recipe
+    from mmbert.recipe import load_recipe
     from mmbert.demo import run_models
     from mmbert.errors import MmbertError
     from mmbert.train.trainer import PhaseResult, RunResult

@@ -17,7 +17,7 @@ def test_one_language_run_beats_its_unigram_baseline(demo_shards: Path, demo_tok
                                                      tmp_path: Path) -> None:
     import torch
 
-    from mmbert.config import recipe_from_dict
+    from mmbert.recipe import recipe_from_dict
     from mmbert.evaluate.mlm import HeldoutMlm
     from mmbert.model import MaskedLM
     from mmbert.train import pretrain

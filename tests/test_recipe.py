@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmbert.config import apply_overrides, load_recipe, parse_tokens, recipe_from_dict
+from mmbert.recipe import apply_overrides, load_recipe, parse_tokens, recipe_from_dict
 from mmbert.errors import MmbertError
 from mmbert.train.schedule import accum_steps, decay_curve, lr_factor, target_batch_tokens
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from mmbert.cli import main as cli_main
-from mmbert.config import recipe_from_dict
+from mmbert.recipe import recipe_from_dict
 from mmbert.errors import MmbertError
 from mmbert.train import pretrain
 

@@ -183,7 +183,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 # === training =================================================================================
 
 def _cmd_pretrain(a: argparse.Namespace) -> None:
-    from mmbert.config import load_recipe
+    from mmbert.recipe import load_recipe
     from mmbert.train import pretrain
 
     recipe = load_recipe(a.recipe, a.set or [])

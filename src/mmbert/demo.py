@@ -127,7 +127,7 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
 
     ``procs``: training processes (default :func:`default_procs`); 1 trains in this process.
     ``eval_tokens``: held-out tokens scored per language and model."""
-    from mmbert.config import load_recipe
+    from mmbert.recipe import load_recipe
     from mmbert.merge import merge
 
     out = Path(out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from mmbert.config import PhaseConfig
+from mmbert.recipe import PhaseConfig
 
 
 def decay_curve(shape: str, x: float, final: float) -> float:

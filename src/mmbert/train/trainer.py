@@ -44,7 +44,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mmbert.config import IGNORE_INDEX, PhaseConfig, Recipe, recipe_from_dict
+from mmbert.config import IGNORE_INDEX
+from mmbert.recipe import PhaseConfig, Recipe, recipe_from_dict
 from mmbert.errors import MmbertError
 from mmbert.outputs import OutputDir, read_json, read_jsonl, write_json, write_jsonl
 from mmbert.train import checkpoint as ckpt
