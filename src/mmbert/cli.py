@@ -47,9 +47,20 @@ def _cmd_check(a: argparse.Namespace) -> None:
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
-    from mmbert.modeldir import convert
+    if a.from_composer:
+        from mmbert.composer import convert_composer
 
-    out = convert(a.model, a.out, dtype=a.dtype, overwrite=a.overwrite)
+        if a.model or not a.config:
+            raise MmbertError("convert --from-composer FILE.pt needs --config (the FlexBERT "
+                              "training YAML or a JSON model_config) and no model directory")
+        out = convert_composer(a.from_composer, a.config, a.out, tokenizer=a.tokenizer,
+                               overwrite=a.overwrite)
+    elif not a.model:
+        raise MmbertError("convert: expected a model directory, or --from-composer FILE.pt")
+    else:
+        from mmbert.modeldir import convert
+
+        out = convert(a.model, a.out, dtype=a.dtype, overwrite=a.overwrite)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
 
 
@@ -64,8 +75,16 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a transformers ModernBERT directory")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("convert", help="re-save a ModernBERT directory in the canonical layout")
-    p.add_argument("model", help="a transformers ModernBERT directory (sharded/compiled names ok)")
+    p = sub.add_parser("convert", help="re-save a ModernBERT directory in the canonical layout, "
+                       "or turn a Composer/FlexBERT .pt checkpoint into one")
+    p.add_argument("model", nargs="?", default=None,
+                   help="a transformers ModernBERT directory (sharded/compiled names ok)")
+    p.add_argument("--from-composer", default=None, metavar="FILE.pt",
+                   help="a Composer/FlexBERT training checkpoint (read without running code)")
+    p.add_argument("--config", default=None,
+                   help="with --from-composer: the FlexBERT training YAML or JSON model_config")
+    p.add_argument("--tokenizer", default=None,
+                   help="with --from-composer: a tokenizer directory to copy (special ids)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", default="auto", help="auto (as stored), float32, bfloat16, float16")
     _out_dir_flag(p)
