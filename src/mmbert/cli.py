@@ -122,10 +122,22 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
         print(f"replaced {m['replacements_this_run']} invalid UTF-8 sequences with U+FFFD")
 
 
-def _cmd_plan(a: argparse.Namespace) -> None:
+def _cmd_plan(a: argparse.Namespace) -> int:
+    if a.recipe:
+        from mmbert.data.plan import format_recipe_plan, plan_recipe, plot_recipe_plan
+        from mmbert.recipe import load_recipe
+
+        rp = plan_recipe(load_recipe(a.recipe, a.set or []), a.split)
+        print(format_recipe_plan(rp, limit=a.limit))
+        if a.png:
+            print(f"wrote {plot_recipe_plan(rp, a.png)}")
+        return 1 if a.strict and rp.over_cap() else 0
     from mmbert.data.sampler import format_plan, plan
 
+    if not a.shards or a.tokens is None:
+        raise MmbertError("data plan: expected --recipe R, or --shards DIR with --tokens N")
     print(format_plan(plan(a.shards, a.languages, a.tau, a.tokens, a.split), limit=a.limit))
+    return 0
 
 
 def _cmd_fetch_gemma(a: argparse.Namespace) -> None:
@@ -169,12 +181,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="plain corpora: share of documents (by text hash) held out")
     p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
     p.set_defaults(func=_cmd_prepare)
-    p = dsub.add_parser("plan", help="language probabilities and epochs for a token budget")
-    p.add_argument("--shards", required=True)
+    p = dsub.add_parser("plan", help="language shares and epochs of repetition: of a whole "
+                        "recipe (--recipe), or of one phase (--shards, --tau, --tokens)")
+    p.add_argument("--recipe", default=None, help="plan every phase and decay variant of a "
+                   "recipe, flagging languages repeated more than its epoch_cap (default 5)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="with --recipe: override a recipe field (repeatable)")
+    p.add_argument("--png", default=None, help="with --recipe: write the epochs plot here")
+    p.add_argument("--strict", action="store_true",
+                   help="with --recipe: exit 1 when a language is over the epoch cap")
+    p.add_argument("--shards", default=None)
     p.add_argument("--languages", default="all",
                    help="'all', top-k number, or comma-separated codes")
     p.add_argument("--tau", type=float, default=0.7, help="p(lang) ∝ tokens ** tau")
-    p.add_argument("--tokens", type=float, required=True, help="token budget of the phase")
+    p.add_argument("--tokens", type=float, default=None, help="token budget of the phase")
     p.add_argument("--split", default="train", choices=("train", "heldout"))
     p.add_argument("--limit", type=int, default=40, help="rows to print (0: all)")
     p.set_defaults(func=_cmd_plan)

@@ -202,6 +202,9 @@ class Recipe:
     distributed: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard); used when launched with torchrun
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    # `mmbert data plan` flags a language whose text is repeated more often than this (epochs
+    # summed over the phases a model sees); the paper keeps every language at 5 or fewer
+    epoch_cap: float = 5.0
     source: str = "recipe"  # where it was read from, for messages
 
     def model_config(self, vocab_size: int | None = None, **special_ids: int) -> ModelConfig:
@@ -395,7 +398,7 @@ def _optimizer(o: Any, source: str) -> OptimizerConfig:
 
 
 _RECIPE_KEYS = ("name", "shards", "tokenizer", "seed", "model", "precision", "optimizer",
-                "distributed", "checkpoint", "log", "phases")
+                "distributed", "checkpoint", "log", "phases", "epoch_cap")
 
 
 def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
@@ -450,6 +453,7 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
             keep_last=_integer(c["keep_last"], w("checkpoint.keep_last"), 1)),
         log=LogConfig(every_steps=_integer(lg["every_steps"], w("log.every_steps"), 1),
                       tensorboard=_boolean(lg["tensorboard"], w("log.tensorboard"))),
+        epoch_cap=_number(d.get("epoch_cap", top["epoch_cap"]), w("epoch_cap"), 0, lo_open=True),
         source=source,
     )
 
