@@ -27,10 +27,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from mmbert.errors import MmbertError
-from mmbert.outputs import read_jsonl, write_text
+from mmbert.outputs import write_text
 
 DEMO_VOCAB = 8192
 EVAL_TOKENS_PER_LANG = 512  # held-out tokens scored per language and model (fixed seed)
@@ -218,6 +218,7 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
     rolling checkpoint at a phase's last step is the phase end, listed once)."""
     from mmbert.evaluate.learning import RANDOM, UNIGRAM, ModelPoint
     from mmbert.train import checkpoint as ckpt
+    from mmbert.train.records import read_trainer_record
 
     first = result.phases[0].export
     pts = [ModelPoint(RANDOM, str(first), 0, "baseline", kind="random"),
@@ -227,15 +228,14 @@ def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
 
     def branch(root: Path, name: str, ends: dict[str, Any]) -> None:
         for c in ckpt.list_checkpoints(root):
-            t = ckpt.read_trainer_state(c)
-            label = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
-            if t.get("phase_end") and label in ends:
-                end = ends[label]
-                pts.append(ModelPoint(end[0], str(end[1]), int(t["tokens"]), name,
+            t = read_trainer_record(c)
+            if t.phase_end and t.label in ends:
+                end = ends[t.label]
+                pts.append(ModelPoint(end[0], str(end[1]), t.state.tokens, name,
                                       phase_end=True))
-            elif not t.get("phase_end") and int(t["phase_tokens"]) < phase_tokens[t["phase"]]:
-                pts.append(ModelPoint(f"{label} @ {int(t['tokens']) / 1e6:.2f}M tokens",
-                                      str(c / "model"), int(t["tokens"]), name))
+            elif not t.phase_end and t.state.phase_tokens < phase_tokens[t.phase]:
+                pts.append(ModelPoint(f"{t.label} @ {t.state.tokens / 1e6:.2f}M tokens",
+                                      str(c / "model"), t.state.tokens, name))
 
     branch(run_dir / "checkpoints", "trunk",
            {p.name: (f"end of {p.name}", p.export) for p in result.phases})
@@ -357,36 +357,29 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
     }
 
 
-def _metric_records(run_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """(file, record) for every JSON line of the trunk's and each variant's metrics.jsonl;
-    unreadable lines (a run killed mid-write) are skipped."""
-    files = [run_dir / "metrics.jsonl", *sorted((run_dir / "variants").glob("*/metrics.jsonl"))]
-    for f in files:
-        for r in read_jsonl(f):
-            yield f, r
-
-
 def training_time(run_dir: Path) -> tuple[int, float]:
     """Tokens trained and seconds spent in training steps (checkpoints, evaluation and start-up
     excluded), summed over the trunk and every variant's metrics.jsonl (last record per step)."""
+    from mmbert.train.records import run_steps
+
     steps: dict[tuple[Path, int], tuple[int, float]] = {}
-    for f, r in _metric_records(run_dir):
-        try:
-            n, rate = int(r["batch_tokens"]), float(r["tokens_per_s"])
-            steps[(f, int(r["step"]))] = (n, n / rate if rate > 0 else 0.0)
-        except (KeyError, TypeError, ValueError):
+    for f, r in run_steps(run_dir):
+        if r.batch_tokens is None or r.tokens_per_s is None:
             continue
+        n, rate = r.batch_tokens, r.tokens_per_s
+        steps[(f, r.step)] = (n, n / rate if rate > 0 else 0.0)
     return sum(n for n, _ in steps.values()), sum(s for _, s in steps.values())
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Per-step (tokens, loss) for each phase (and each decay variant) from metrics.jsonl."""
+    from mmbert.train.records import run_steps
+
     curves: dict[str, list[tuple[int, float]]] = {}
-    for _, r in _metric_records(run_dir):
-        if "loss" not in r or "tokens" not in r:
+    for _, r in run_steps(run_dir):
+        if r.loss is None or r.tokens is None:
             continue
-        key = r["phase"] + (f"/{r['variant']}" if r.get("variant") else "")
-        curves.setdefault(key, []).append((int(r["tokens"]), float(r["loss"])))
+        curves.setdefault(r.label, []).append((r.tokens, r.loss))
     for k in curves:  # a resumed run may repeat steps: keep the last record per token count
         curves[k] = sorted(dict(curves[k]).items())
     return curves

@@ -33,12 +33,12 @@ from typing import Any, Callable
 import torch
 
 from mmbert.errors import MmbertError
+from mmbert.train.records import FORMAT, TRAINER_JSON, TrainerRecord, read_trainer_record
 
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 MANIFEST = "manifest.json"
-FORMAT = 1
 # Test hook: SIGKILL ourselves half-way through writing the checkpoint of this step.
 FAULT_ENV = "MMBERT_FAULT_KILL_IN_CHECKPOINT"
 
@@ -126,7 +126,8 @@ def write_checkpoint(root: Path, step: int, *, write_model: Callable[[Path], Non
                      optim_tensors: dict[str, torch.Tensor], optim_meta: dict[str, Any],
                      trainer_state: dict[str, Any], rank_states: list[dict[str, Any]],
                      keep_last: int) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically (rank 0 only), then rotate."""
+    """Write checkpoint ``step`` under ``root`` atomically (rank 0 only), then rotate.
+    ``trainer_state``: trainer.json's content (:meth:`TrainerRecord.to_json`)."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ def write_checkpoint(root: Path, step: int, *, write_model: Callable[[Path], Non
     save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
     _fault(step)
     _write_json(tmp / "optimizer.json", optim_meta)
-    _write_json(tmp / "trainer.json", {"format": FORMAT, **trainer_state})
+    _write_json(tmp / TRAINER_JSON, {"format": FORMAT, **trainer_state})
     for r, st in enumerate(rank_states):
         _write_json(tmp / f"rank-{r:05d}.json", st)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -161,22 +162,9 @@ def write_checkpoint(root: Path, step: int, *, write_model: Callable[[Path], Non
     return final
 
 
-def read_trainer_state(path: Path) -> dict[str, Any]:
-    """A checkpoint's ``trainer.json`` (step, tokens, phase position); one-line error if it is
-    missing or unreadable."""
-    try:
-        state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MmbertError(f"checkpoint {path}: trainer.json unreadable ({e}); expected the JSON "
-                          "the trainer writes") from None
-    if not isinstance(state, dict):
-        raise MmbertError(f"checkpoint {path}: trainer.json is not a JSON object")
-    return state
-
-
 def _is_phase_end(path: Path) -> bool:
     try:
-        return bool(read_trainer_state(path).get("phase_end"))
+        return read_trainer_record(path).phase_end
     except MmbertError:
         return False
 
@@ -263,7 +251,7 @@ class Checkpoint:
     """A verified checkpoint read back into memory (model weights stay on disk in ``model/``)."""
 
     path: Path
-    trainer: dict[str, Any]
+    trainer: dict[str, Any]  # trainer.json as read; typed: ``record``
     optim_meta: dict[str, Any]
     optim_tensors: dict[str, torch.Tensor]
     rank_states: list[dict[str, Any]]
@@ -272,6 +260,10 @@ class Checkpoint:
     def model_dir(self) -> Path:
         return self.path / "model"
 
+    @property
+    def record(self) -> TrainerRecord:
+        return TrainerRecord.from_json(self.trainer, self.path)
+
 
 def read_checkpoint(path: Path, *, check: bool = True) -> Checkpoint:
     from safetensors.torch import load_file
@@ -279,7 +271,7 @@ def read_checkpoint(path: Path, *, check: bool = True) -> Checkpoint:
     if check:
         verify(path)
     try:
-        trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+        trainer = json.loads((path / TRAINER_JSON).read_text(encoding="utf-8"))
         optim_meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
         ranks = sorted(path.glob("rank-*.json"))
         rank_states = [json.loads(p.read_text(encoding="utf-8")) for p in ranks]

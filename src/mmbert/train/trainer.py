@@ -47,12 +47,14 @@ import torch
 from mmbert.config import IGNORE_INDEX
 from mmbert.recipe import PhaseConfig, Recipe, recipe_from_dict
 from mmbert.errors import MmbertError
-from mmbert.outputs import OutputDir, read_json, read_jsonl, write_json, write_jsonl
+from mmbert.outputs import OutputDir, read_json, write_json
 from mmbert.train import checkpoint as ckpt
 from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
                                       broadcast_object, full_tensor, grad_sync, init_distributed,
                                       is_dtensor, shard_like, shutdown, wrap_model)
 from mmbert.train.optim import build_optimizer, set_hparams
+from mmbert.train.records import (METRICS, StepLog, StepRecord, TrainerRecord, TrainState,
+                                  branch_label, read_trainer_record)
 from mmbert.train.schedule import accum_steps, lr_factor, max_accum_steps
 
 
@@ -79,26 +81,6 @@ class RunResult:
     variants: dict[str, PhaseResult] = field(default_factory=dict)
     wall_s: float = 0.0
     tokens_per_s: float = 0.0  # mean over the steps run by this call
-
-
-@dataclass
-class TrainState:
-    """Position in the run; saved in trainer.json (it is also the LR/batch schedule state)."""
-
-    step: int = 0
-    tokens: int = 0  # total, over all phases
-    phase_index: int = 0
-    phase_tokens: int = 0  # tokens consumed in the current phase
-    phase_steps: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(step=self.step, tokens=self.tokens, phase_index=self.phase_index,
-                    phase_tokens=self.phase_tokens, phase_steps=self.phase_steps)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
-        return cls(**{k: int(d[k]) for k in ("step", "tokens", "phase_index", "phase_tokens",
-                                             "phase_steps")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,14 +333,12 @@ class Trainer:
             data: dict[str, Any] = {}
             for g in gathered:
                 data.update(g["data"])
-            trainer_state = {**state.to_dict(), "phase_end": phase_end, "phase": phase.name,
-                             "variant": variant, "world_size": self.env.world_size,
-                             "data_slots": len(data), "data": data,
-                             "tokenizer": str(self.run_dir / "tokenizer") if self.prep.tokenizer
-                             else None}
+            record = TrainerRecord(
+                state, phase.name, variant, phase_end, self.env.world_size, data,
+                str(self.run_dir / "tokenizer") if self.prep.tokenizer else None)
             path = ckpt.write_checkpoint(root, state.step, write_model=self._write_model,
                                          optim_tensors=tensors, optim_meta=meta,
-                                         trainer_state=trainer_state,
+                                         trainer_state=record.to_json(),
                                          rank_states=[{"rng": g["rng"]} for g in gathered],
                                          keep_last=self.recipe.checkpoint.keep_last)
         self._full_model_state = None
@@ -369,16 +349,17 @@ class Trainer:
         """Weights and optimizer from ``c`` (and this rank's RNG when ``rng``)."""
         load_model_weights(self.raw, c.model_dir)
         load_optimizer_state(self.raw, self.opt, c.optim_tensors, c.optim_meta)
+        rec = c.record
         if rng:
-            same_world = c.trainer.get("world_size") == self.env.world_size
+            same_world = rec.world_size == self.env.world_size
             if same_world and self.env.rank < len(c.rank_states):
                 ckpt.set_rng_state(c.rank_states[self.env.rank]["rng"])
             else:
-                self.log(f"note: {c.path} was written by {c.trainer.get('world_size')} rank(s), "
+                self.log(f"note: {c.path} was written by {rec.world_size} rank(s), "
                          f"resuming on {self.env.world_size}: data order is kept, RNG streams "
                          f"(dropout) are re-seeded")
-                torch.manual_seed(self.recipe.seed + 7919 * (c.trainer["step"] + self.env.rank))
-        return TrainState.from_dict(c.trainer)
+                torch.manual_seed(self.recipe.seed + 7919 * (rec.state.step + self.env.rank))
+        return rec.state
 
     def export(self, checkpoint_dir: Path, out: Path) -> Path | None:
         if not self.env.is_main:
@@ -409,7 +390,7 @@ class Trainer:
         return loaders
 
     def run_phase(self, pi: int, phase: PhaseConfig, variant: str | None, state: TrainState,
-                  data_states: dict[str, Any] | None, root: Path, metrics: "Metrics",
+                  data_states: dict[str, Any] | None, root: Path, metrics: StepLog | None,
                   bar: Any) -> tuple[TrainState, Path, list[float]]:
         env, W = self.env, self.env.world_size
         langs = self.prep.languages[(pi, variant)]
@@ -419,7 +400,7 @@ class Trainer:
         loaders = self.make_loaders(phase, langs, data_seed(self.recipe.seed, phase.name, variant),
                                     data_states)
         n_lang = len(langs)
-        label = phase.name + (f"/{variant}" if variant else "")
+        label = branch_label(phase.name, variant)
         recent: list[float] = []
         self.model.train()
         amp = (torch.autocast(env.device.type, dtype=self.autocast_dtype)
@@ -449,13 +430,12 @@ class Trainer:
             self.time_run += dt
             recent = (recent + [step_loss])[-10:]
             if env.is_main:
-                per_lang = {langs[i]: round(float(lang_stats[0, i] / lang_stats[1, i]), 5)
+                per_lang = {langs[i]: float(lang_stats[0, i] / lang_stats[1, i])
                             for i in range(n_lang) if lang_stats[1, i] > 0}
-                self._log_step(metrics, bar, label, state, variant, phase, step_loss,
-                               step_tokens / max(dt, 1e-9), {
-                                   "lr": phase.lr * factor, "grad_norm": round(gnorm, 6),
-                                   "batch_tokens": step_tokens, "masked_tokens": masked,
-                                   "micro_batches": n * W, "lang_loss": per_lang})
+                self._log_step(metrics, bar, StepRecord(
+                    state.step, phase.name, variant, state.tokens, state.phase_tokens,
+                    step_loss, phase.lr * factor, gnorm, step_tokens, masked, n * W,
+                    step_tokens / max(dt, 1e-9), per_lang))
             done = state.phase_tokens >= phase.tokens
             if state.step % every == 0 and not done:
                 self.save(root, state, loaders, phase_end=False, phase=phase, variant=variant)
@@ -490,44 +470,18 @@ class Trainer:
         all_reduce_sum(lang_stats, env)
         return lang_stats, gnorm
 
-    def _log_step(self, metrics: "Metrics", bar: Any, label: str, state: TrainState,
-                  variant: str | None, phase: PhaseConfig, loss: float, rate: float,
-                  rec: dict[str, Any]) -> None:
+    def _log_step(self, metrics: StepLog, bar: Any, rec: StepRecord) -> None:
         """Main rank: one metrics.jsonl record, TensorBoard scalars and the progress bar."""
-        lang_loss = rec.pop("lang_loss")
-        metrics.write({"step": state.step, "phase": phase.name, "variant": variant,
-                       "tokens": state.tokens, "phase_tokens": state.phase_tokens,
-                       "loss": round(loss, 6), **rec, "tokens_per_s": round(rate, 1),
-                       "lang_loss": lang_loss})
+        written = metrics.write(rec)
         if self.tb is not None:
-            self.tb.add_scalar("loss", loss, state.tokens)
-            self.tb.add_scalar("lr", rec["lr"], state.tokens)
-            self.tb.add_scalars(f"lang_loss/{label}", lang_loss, state.tokens)
-        bar.set_description(label, refresh=False)
-        bar.update(rec["batch_tokens"])
-        if state.step % self.recipe.log.every_steps == 0:
-            bar.set_postfix(step=state.step, loss=f"{loss:.3f}", tok_s=f"{rate:.0f}",
-                            refresh=False)
-
-
-class Metrics:
-    """metrics.jsonl (rank 0): one JSON object per step, flushed per line."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():  # drop steps after the checkpoint
-            write_jsonl(path, [r for r in read_jsonl(path)  # (and a torn last line from a kill)
-                               if isinstance(r.get("step"), int) and r["step"] <= resume_step])
-        elif resume_step is None and path.exists():
-            path.unlink()
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, rec: dict[str, Any]) -> None:
-        self.f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
+            self.tb.add_scalar("loss", rec.loss, rec.tokens)
+            self.tb.add_scalar("lr", rec.lr, rec.tokens)
+            self.tb.add_scalars(f"lang_loss/{rec.label}", written["lang_loss"], rec.tokens)
+        bar.set_description(rec.label, refresh=False)
+        bar.update(rec.batch_tokens)
+        if rec.step % self.recipe.log.every_steps == 0:
+            bar.set_postfix(step=rec.step, loss=f"{rec.loss:.3f}",
+                            tok_s=f"{rec.tokens_per_s:.0f}", refresh=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,7 +500,7 @@ def export(checkpoint_dir: str | Path, out: str | Path, tokenizer: str | Path | 
         ckpt.verify(src)
     if tokenizer is None:
         try:
-            tokenizer = ckpt.read_trainer_state(src).get("tokenizer")
+            tokenizer = read_trainer_record(src).tokenizer
         except MmbertError:
             tokenizer = None
     if tokenizer is not None and not Path(tokenizer).exists():
@@ -575,11 +529,9 @@ def _log_main(env: DistEnv) -> Callable[[str], None]:
 
 
 def _phase_result(path: Path, export_dir: Path | None, loss: list[float] | None) -> PhaseResult:
-    t = ckpt.read_trainer_state(path)
-    name = t["phase"] + (f"/{t['variant']}" if t.get("variant") else "")
-    return PhaseResult(name, path, export_dir if export_dir and export_dir.exists() else None,
-                       int(t["step"]), int(t["tokens"]),
-                       float(np.mean(loss)) if loss else None)
+    t = read_trainer_record(path)
+    return PhaseResult(t.label, path, export_dir if export_dir and export_dir.exists() else None,
+                       t.state.step, t.state.tokens, float(np.mean(loss)) if loss else None)
 
 
 def _phase_end_checkpoints(root: Path) -> dict[int, Path]:
@@ -587,15 +539,15 @@ def _phase_end_checkpoints(root: Path) -> dict[int, Path]:
     out = {}
     for p in ckpt.list_checkpoints(root):
         try:
-            t = ckpt.read_trainer_state(p)
+            t = read_trainer_record(p)
         except MmbertError:
             continue
-        if t.get("phase_end"):
+        if t.phase_end:
             try:
                 ckpt.verify(p)
             except MmbertError:
                 continue
-            out[int(t["phase_index"]) - 1] = p
+            out[t.state.phase_index - 1] = p
     return out
 
 
@@ -690,7 +642,7 @@ def _run_branch(trainer: "Trainer", br: _Branch, state: TrainState, data_states:
     """Train ``br``'s phases from ``state``, exporting each phase end: {phase index: (phase-end
     checkpoint, losses)}. ``resume_step``: metrics.jsonl lines after it are dropped."""
     env = trainer.env
-    metrics = Metrics(br.metrics, resume_step) if env.is_main else None
+    metrics = StepLog(br.metrics, resume_step) if env.is_main else None
     out = {}
     try:
         for pi, phase, export_dir in br.phases:
@@ -713,13 +665,13 @@ def _run_trunk(trainer: "Trainer", recipe: Recipe, run_dir: Path, resume: bool, 
     state, data_states, resume_step = TrainState(), None, None
     c = _latest(root, env, log) if resume else None
     if c is not None:  # the RNG matters only when training continues from it
-        state = trainer.restore(c, rng=int(c.trainer["phase_index"]) < len(trunk))
-        data_states = c.trainer["data"] or None
+        state = trainer.restore(c, rng=c.record.state.phase_index < len(trunk))
+        data_states = c.record.data or None
         resume_step = state.step
         log(f"resumed from {c.path} (step {state.step}, {state.tokens:,} tokens)")
     if env.is_main:
         bar.update(sum(p.tokens for p in trunk[:state.phase_index]) + state.phase_tokens)
-    br = _Branch(None, root, run_dir / "metrics.jsonl",
+    br = _Branch(None, root, run_dir / METRICS,
                  [(pi, trunk[pi], run_dir / "export" / trunk[pi].name)
                   for pi in range(state.phase_index, len(trunk))])
     losses = {pi: loss for pi, (_, loss) in
@@ -748,14 +700,14 @@ def _run_variant(trainer: "Trainer", recipe: Recipe, run_dir: Path, name: str,
     c = _latest(vdir / "checkpoints", env, log) if resume else None
     if c is not None:
         state = trainer.restore(c, rng=True)
-        data_states = c.trainer["data"] or None
+        data_states = c.record.data or None
         log(f"resumed variant {name} from {c.path} (step {state.step})")
     else:
         state, data_states = trainer.restore(branch, rng=False), None
         torch.manual_seed(data_seed(recipe.seed, "variant", name) + env.rank)
     if env.is_main:
         bar.update(state.phase_tokens)
-    br = _Branch(name, vdir / "checkpoints", vdir / "metrics.jsonl",
+    br = _Branch(name, vdir / "checkpoints", vdir / METRICS,
                  [(pi, recipe.phases[-1].variant(name), vdir / "export")])
     path, loss = _run_branch(trainer, br, state, data_states,
                              state.step if c is not None else None, bar)[pi]
