@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from mmbert.cli import main
-from mmbert.demo import TIERS, language_tiers, read_metrics, write_demo_report
+from mmbert.demo.analysis import TIERS, language_tiers, read_metrics
+from mmbert.demo.report import write_demo_report
 
 
 def test_language_tiers_follow_the_cascade() -> None:
@@ -31,7 +32,7 @@ def test_run_models_lists_kept_checkpoints_in_training_order(tmp_path: Path) -> 
     import pytest
 
     from mmbert.recipe import load_recipe
-    from mmbert.demo import run_models
+    from mmbert.demo.analysis import run_models
     from mmbert.errors import MmbertError
     from mmbert.train.trainer import PhaseResult, RunResult
 
@@ -90,7 +91,7 @@ def test_read_metrics_keeps_phases_and_variants_apart(tmp_path: Path) -> None:
 
 
 def test_training_time_sums_steps_of_trunk_and_variants(tmp_path: Path) -> None:
-    from mmbert.demo import training_time
+    from mmbert.demo.analysis import training_time
 
     run = tmp_path / "run"
     (run / "variants" / "all").mkdir(parents=True)
@@ -232,7 +233,7 @@ def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, cap
     # a rerun resumes: every stage is found done, nothing is trained again; a failed torchrun
     # launch falls back to this process (which here finds every phase done)
     steps = (out / "run" / "metrics.jsonl").read_text().count("\n")
-    monkeypatch.setattr("mmbert.demo.train_in_processes", lambda *a: 1)
+    monkeypatch.setattr("mmbert.demo.pipeline.train_in_processes", lambda *a: 1)
     assert main(["demo", "--out", str(out), "--procs", "2", "--vocab-size", "1024",
                  "--eval-tokens", "32", "--set", "phases.0.tokens=6k", "--set",
                  "phases.1.tokens=4k", "--set", "phases.2.tokens=2k"]) == 0
