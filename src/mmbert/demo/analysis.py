@@ -5,14 +5,26 @@ curves from metrics.jsonl."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmbert.errors import MmbertError
+from mmbert.evaluate.learning import TRUNK, ModelPoint, RunModels
+from mmbert.train import checkpoint as ckpt
+from mmbert.train.records import branch_label, read_trainer_record, run_steps
 
 EVAL_TOKENS_PER_LANG = 512  # held-out tokens scored per language and model (fixed seed)
 TIERS = ("phase 1", "added in phase 2", "decay only")
 CLOZE_LANGUAGES = 8  # fill-mask examples: the largest phase-1 languages
+
+
+def _branches(rec: Any) -> list[tuple[str, Any]]:
+    """(name, phase settings) of each trunk phase and each decay variant of the last phase,
+    named as in the results: ``phase`` or ``phase/variant``."""
+    last = rec.phases[-1]
+    return [(p.name, p) for p in rec.trunk] + [(branch_label(last.name, v.name),
+                                                 last.variant(v.name)) for v in last.variants]
 
 
 def phase_languages(rec: Any, shards: Path) -> dict[str, list[str]]:
@@ -21,11 +33,7 @@ def phase_languages(rec: Any, shards: Path) -> dict[str, list[str]]:
     from mmbert.data.shards import ShardSet
 
     ss = ShardSet(shards, split="train")
-    out: dict[str, list[str]] = {p.name: select_languages(ss, p.languages) for p in rec.trunk}
-    last = rec.phases[-1]
-    for v in last.variants:
-        out[f"{last.name}/{v.name}"] = select_languages(ss, last.variant(v.name).languages)
-    return out
+    return {name: select_languages(ss, ph.languages) for name, ph in _branches(rec)}
 
 
 def language_tiers(langs: dict[str, list[str]], trunk: list[str]) -> dict[str, str]:
@@ -42,39 +50,30 @@ def language_tiers(langs: dict[str, list[str]], trunk: list[str]) -> dict[str, s
     return tier
 
 
-def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[Any]:
+def run_models(rec: Any, result: Any, run_dir: Path, merged: Path) -> list[ModelPoint]:
     """Every model of the run to score, in training order: the baselines, the trunk's kept
     checkpoints and phase ends, each decay variant's kept checkpoints and end, the merge (a
     rolling checkpoint at a phase's last step is the phase end, listed once)."""
-    from mmbert.evaluate.learning import RANDOM, UNIGRAM, ModelPoint
-    from mmbert.train import checkpoint as ckpt
-    from mmbert.train.records import read_trainer_record
-
-    first = result.phases[0].export
-    pts = [ModelPoint(RANDOM, str(first), 0, "baseline", kind="random"),
-           ModelPoint(UNIGRAM, str(first), 0, "baseline", kind="unigram")]
-
+    first = str(result.phases[0].export)
+    pts = [ModelPoint.baseline("random", first), ModelPoint.baseline("unigram", first)]
     phase_tokens = {p.name: p.tokens for p in rec.phases}
 
-    def branch(root: Path, name: str, ends: dict[str, Any]) -> None:
+    def branch(root: Path, name: str, ends: dict[str, Callable[[int], ModelPoint]]) -> None:
         for c in ckpt.list_checkpoints(root):
             t = read_trainer_record(c)
             if t.phase_end and t.label in ends:
-                end = ends[t.label]
-                pts.append(ModelPoint(end[0], str(end[1]), t.state.tokens, name,
-                                      phase_end=True))
+                pts.append(ends[t.label](t.state.tokens))
             elif not t.phase_end and t.state.phase_tokens < phase_tokens[t.phase]:
-                pts.append(ModelPoint(f"{t.label} @ {t.state.tokens / 1e6:.2f}M tokens",
-                                      str(c / "model"), t.state.tokens, name))
+                pts.append(ModelPoint.checkpoint(t.label, str(c / "model"), t.state.tokens,
+                                                 name))
 
-    branch(run_dir / "checkpoints", "trunk",
-           {p.name: (f"end of {p.name}", p.export) for p in result.phases})
+    branch(run_dir / "checkpoints", TRUNK,
+           {p.name: partial(ModelPoint.trunk_end, p.name, str(p.export))
+            for p in result.phases})
     for name, v in sorted(result.variants.items()):
         branch(run_dir / "variants" / name / "checkpoints", name,
-               {v.name: (f"variant {name}", v.export)})
-    pts.append(ModelPoint("TIES merge", str(merged),
-                          max(v.tokens for v in result.variants.values()), "merge",
-                          phase_end=True))
+               {v.name: partial(ModelPoint.variant_end, name, str(v.export))})
+    pts.append(ModelPoint.merge(str(merged), max(v.tokens for v in result.variants.values())))
     names = [p.name for p in pts]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -124,6 +123,20 @@ def _cloze_table(out: Path, model_dir: Path, langs: list[str]) -> list[dict[str,
     return fill_cloze(model, tok, clozes)
 
 
+def _score(points: list[ModelPoint], shards: Path, langs: list[str], eval_tokens: int,
+           procs: int) -> dict[str, dict[str, Any]]:
+    """Held-out scores of every model, keyed by model name, in ``procs`` processes."""
+    jobs = [(p, str(shards), langs, eval_tokens) for p in points]
+    if procs <= 1:
+        return dict(_eval_model(j) for j in jobs)
+    import multiprocessing  # one model per process at a time, one thread each (default_procs)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        return dict(pool.map(_eval_model, jobs))
+
+
 def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, *,
                   density: float, eval_tokens: int = EVAL_TOKENS_PER_LANG,
                   procs: int = 1) -> dict[str, Any]:
@@ -134,34 +147,17 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
     from mmbert.evaluate.learning import learning_summary, targets, tier_means
 
     langs = phase_languages(rec, shards)
-    trunk = [p.name for p in rec.trunk]
-    tier = language_tiers(langs, trunk)
+    tier = language_tiers(langs, [p.name for p in rec.trunk])
     all_langs = sorted(tier)
     counts = ShardSet(shards, split="train").token_counts()
-
     points = run_models(rec, result, out / "run", merged)
-    jobs = [(p, str(shards), all_langs, eval_tokens) for p in points]
-    if procs > 1:  # one model per process at a time, one thread each (see default_procs)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread) as pool:
-            scores = dict(pool.map(_eval_model, jobs))
-    else:
-        scores = dict(_eval_model(j) for j in jobs)
-
-    sampling: dict[str, dict[str, float]] = {}
-    for p in rec.trunk:
-        sampling[p.name] = language_probs({lang: counts[lang] for lang in langs[p.name]}, p.tau)
-    last = rec.phases[-1]
-    for v in last.variants:
-        key = f"{last.name}/{v.name}"
-        sampling[key] = language_probs({lang: counts[lang] for lang in langs[key]},
-                                       last.variant(v.name).tau)
-    variants = [p.name for p in points if p.phase_end and p.branch in result.variants]
-    summary = learning_summary(scores, tier, TIERS, f"end of {trunk[0]}", f"end of {trunk[-1]}",
-                               "TIES merge", variants)
+    scores = _score(points, shards, all_langs, eval_tokens, procs)
+    sampling = {name: language_probs({lang: counts[lang] for lang in langs[name]}, ph.tau)
+                for name, ph in _branches(rec)}
+    models = RunModels(tuple(points))
+    first, base, final = models.trunk_ends[0].name, models.trunk_ends[-1].name, models.merged.name
+    summary = learning_summary(scores, tier, TIERS, first, base, final,
+                               [p.name for p in models.variant_ends])
     top = sorted((l for l in all_langs if tier[l] == TIERS[0]), key=lambda l: -counts[l])
     # training speed from metrics.jsonl, not from `result`: right also when the training ran in
     # subprocesses or in an earlier (resumed) invocation
@@ -176,10 +172,10 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
         "tier_means": {name: tier_means(s, tier, TIERS) for name, s in scores.items()},
         "tier_loss": {name: tier_means(s, tier, TIERS, "loss") for name, s in scores.items()},
         "learning": summary,
-        "targets": targets(scores, tier, TIERS, "TIES merge", summary),
+        "targets": targets(scores, tier, TIERS, final, summary),
         "fill_mask": _cloze_table(out, merged, top[:CLOZE_LANGUAGES]),
         "loss_curves": read_metrics(out / "run"),
-        "merge": {"method": "ties", "density": density, "base": f"end of {trunk[-1]}",
+        "merge": {"method": "ties", "density": density, "base": base,
                   "models": sorted(result.variants)},
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "train_wall_s": seconds,
@@ -190,8 +186,6 @@ def evaluate_demo(rec: Any, result: Any, merged: Path, shards: Path, out: Path, 
 def training_time(run_dir: Path) -> tuple[int, float]:
     """Tokens trained and seconds spent in training steps (checkpoints, evaluation and start-up
     excluded), summed over the trunk and every variant's metrics.jsonl (last record per step)."""
-    from mmbert.train.records import run_steps
-
     steps: dict[tuple[Path, int], tuple[int, float]] = {}
     for f, r in run_steps(run_dir):
         if r.batch_tokens is None or r.tokens_per_s is None:
@@ -203,8 +197,6 @@ def training_time(run_dir: Path) -> tuple[int, float]:
 
 def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Per-step (tokens, loss) for each phase (and each decay variant) from metrics.jsonl."""
-    from mmbert.train.records import run_steps
-
     curves: dict[str, list[tuple[int, float]]] = {}
     for _, r in run_steps(run_dir):
         if r.loss is None or r.tokens is None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmbert.demo.analysis import TIERS
+from mmbert.evaluate.learning import RunModels
 from mmbert.outputs import write_text
 
 
@@ -53,21 +55,22 @@ def _learning_lines(s: dict[str, Any] | None) -> list[str]:
 
 def _tier_table(r: dict[str, Any]) -> list[str]:
     """Accuracy and loss per tier for every model, baselines first, with beats-unigram counts."""
-    from mmbert.evaluate.learning import UNIGRAM, beats
+    from mmbert.evaluate.learning import beats
 
     tier, tm, tl, mlm = r["tiers"], r["tier_means"], r["tier_loss"], r["mlm"]
-    scored = mlm[UNIGRAM]  # languages with held-out and training text: the ones in every mean
-    head = " | ".join(f"{t} ({sum(tier[l] == t for l in scored)})" for t in TIERS)
+    uni = mlm[RunModels.from_json(r["models"]).baseline("unigram").name]
+    # languages with held-out and training text (the unigram's): the ones in every mean
+    head = " | ".join(f"{t} ({sum(tier[l] == t for l in uni)})" for t in TIERS)
     lines = ["## Held-out MLM accuracy (%) per tier, baselines first", "",
              "Mean over the languages of each tier; in brackets how many of them beat their own "
              "unigram baseline. Loss: masked-token cross-entropy (nats), mean over languages.", "",
              f"| model | tokens seen | {head} | all | loss (all) |",
              "|---|---:|" + "---:|" * (len(TIERS) + 2)]
-    for p in r["models"]:
-        k = p["name"]
-        b = beats(mlm[k], mlm[UNIGRAM], tier, TIERS) if k != UNIGRAM else None
+    for p in RunModels.from_json(r["models"]).points:
+        k = p.name
+        b = beats(mlm[k], uni, tier, TIERS) if p.kind != "unigram" else None
         cells = [_fmt(tm[k][t]) + (f" ({b[t][0]})" if b else "") for t in (*TIERS, "all")]
-        lines.append(f"| {k} | {p['tokens']:,} | " + " | ".join(cells)
+        lines.append(f"| {k} | {p.tokens:,} | " + " | ".join(cells)
                      + f" | {tl[k]['all']:.2f} |")
     return lines + [""]
 
@@ -98,104 +101,95 @@ def _fill_mask_lines(rows: list[dict[str, Any]]) -> list[str]:
                         f"{sum(x['in_top'] for x in rows)}.", ""]
 
 
-def _curve_plot(path: Path, r: dict[str, Any]) -> None:
-    """Held-out accuracy against tokens seen, one panel per tier, baselines drawn in."""
+@contextmanager
+def _figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[Any]:
+    """A figure with ``ncols`` axes (one: the axes itself), saved to ``path`` at the end."""
     import matplotlib.pyplot as plt
 
-    from mmbert.evaluate.learning import RANDOM, UNIGRAM
-
-    tm = r["tier_means"]
-    pts = [p for p in r["models"] if p["branch"] != "baseline"]
-    fig, axes = plt.subplots(1, len(TIERS), figsize=(13, 4), sharey=False)
-    for ax, t in zip(axes, TIERS):
-        trunk = [p for p in pts if p["branch"] == "trunk"]
-        ax.plot([p["tokens"] for p in trunk], [tm[p["name"]][t] for p in trunk], "o-",
-                color="k", label="trunk (pre/mid-training)")
-        for v in sorted({p["branch"] for p in pts} - {"trunk", "merge"}):
-            seq = trunk[-1:] + [p for p in pts if p["branch"] == v]
-            ax.plot([p["tokens"] for p in seq], [tm[p["name"]][t] for p in seq], ".-",
-                    label=f"decay {v}")
-        for p in pts:
-            if p["branch"] == "merge":
-                ax.plot([p["tokens"]], [tm[p["name"]][t]], "*", ms=14, color="tab:red",
-                        label="TIES merge")
-        ax.axhline(tm[UNIGRAM][t], ls="--", color="grey", label="unigram baseline")
-        ax.axhline(tm[RANDOM][t], ls=":", color="grey", label="random init")
-        ax.set_title(t)
-        ax.set_xlabel("training tokens seen")
-    axes[0].set_ylabel("held-out MLM accuracy (mask token)")
-    axes[-1].legend(fontsize=7)
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    yield axes
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _titles(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _curve_plot(path: Path, r: dict[str, Any]) -> None:
+    """Held-out accuracy against tokens seen, one panel per tier, baselines drawn in."""
+    tm, models = r["tier_means"], RunModels.from_json(r["models"])
+    trunk = models.trunk
+    with _figure(path, (13, 4), len(TIERS)) as axes:
+        for ax, t in zip(axes, TIERS):
+            ax.plot([p.tokens for p in trunk], [tm[p.name][t] for p in trunk], "o-",
+                    color="k", label="trunk (pre/mid-training)")
+            for v in sorted(models.variants):
+                seq = trunk[-1:] + [p for p in models.points if p.branch == v]
+                ax.plot([p.tokens for p in seq], [tm[p.name][t] for p in seq], ".-",
+                        label=f"decay {v}")
+            p = models.merged
+            ax.plot([p.tokens], [tm[p.name][t]], "*", ms=14, color="tab:red", label="TIES merge")
+            ax.axhline(tm[models.baseline("unigram").name][t], ls="--", color="grey",
+                       label="unigram baseline")
+            ax.axhline(tm[models.baseline("random").name][t], ls=":", color="grey",
+                       label="random init")
+            ax.set_title(t)
+            ax.set_xlabel("training tokens seen")
+        axes[0].set_ylabel("held-out MLM accuracy (mask token)")
+        axes[-1].legend(fontsize=7)
 
 
 def _loss_plot(path: Path, curves: dict[str, list]) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, pts in curves.items():
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, _smooth(list(ys)), label=name, lw=1.2)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("MLM loss (running mean of 9 steps)")
-    ax.set_title("Training loss per phase (each phase has its own mask ratio)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, (8, 4.5)) as ax:
+        for name, pts in curves.items():
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, _smooth(list(ys)), label=name, lw=1.2)
+        _titles(ax, "tokens seen", "MLM loss (running mean of 9 steps)",
+                "Training loss per phase (each phase has its own mask ratio)")
 
 
 def _sampling_plot(path: Path, sampling: dict[str, dict[str, float]]) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, probs in sampling.items():
-        ps = sorted(probs.values(), reverse=True)
-        ax.plot(range(1, len(ps) + 1), ps, label=f"{name} ({len(ps)} langs)", lw=1.2)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("language rank (by corpus size)")
-    ax.set_ylabel("sampling probability  p ∝ n^tau")
-    ax.set_title("Language sampling per phase: cascade and temperature annealing")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, (8, 4.5)) as ax:
+        for name, probs in sampling.items():
+            ps = sorted(probs.values(), reverse=True)
+            ax.plot(range(1, len(ps) + 1), ps, label=f"{name} ({len(ps)} langs)", lw=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _titles(ax, "language rank (by corpus size)", "sampling probability  p ∝ n^tau",
+                "Language sampling per phase: cascade and temperature annealing")
 
 
 def _per_language_plot(path: Path, r: dict[str, Any]) -> None:
     """Accuracy per language (sorted by size) at each phase end, the merge and both baselines."""
-    import matplotlib.pyplot as plt
-
-    from mmbert.evaluate.learning import RANDOM, UNIGRAM
-
     mlm, sizes, tier = r["mlm"], r["train_tokens"], r["tiers"]
+    models = RunModels.from_json(r["models"])
     order = sorted(sizes, key=lambda lang: -sizes[lang])
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    ends = [p["name"] for p in r["models"] if p["phase_end"] and p["branch"] in ("trunk", "merge")]
-    for k in [RANDOM, UNIGRAM, *ends]:
-        ys = [mlm[k].get(lang, {}).get("accuracy", math.nan) for lang in order]
-        ax.plot(range(len(order)), _smooth(ys, 15), label=k, lw=1.3,
-                ls="--" if k == UNIGRAM else "-")
-    for i, lang in enumerate(order):
-        if tier[lang] == TIERS[2]:
-            ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.05, lw=0)
-    ax.set_xlabel("languages sorted by training tokens (shaded: seen only in the decay phase)")
-    ax.set_ylabel("held-out MLM accuracy (mask token)")
-    ax.set_title("Held-out MLM accuracy per language (running mean of 15)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    shown = [models.baseline("random"), models.baseline("unigram"), *models.trunk_ends,
+             models.merged]
+    with _figure(path, (10, 4.8)) as ax:
+        for p in shown:
+            ys = [mlm[p.name].get(lang, {}).get("accuracy", math.nan) for lang in order]
+            ax.plot(range(len(order)), _smooth(ys, 15), label=p.name, lw=1.3,
+                    ls="--" if p.kind == "unigram" else "-")
+        for i, lang in enumerate(order):
+            if tier[lang] == TIERS[2]:
+                ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.05, lw=0)
+        _titles(ax, "languages sorted by training tokens (shaded: seen only in the decay phase)",
+                "held-out MLM accuracy (mask token)",
+                "Held-out MLM accuracy per language (running mean of 15)")
 
 
 def _decay_gain_lines(r: dict[str, Any]) -> list[str]:
     """Decay-only languages: the largest gains from the last trunk phase to the merge."""
-    mlm, tier = r["mlm"], r["tiers"]
+    mlm, tier, models = r["mlm"], r["tiers"], RunModels.from_json(r["models"])
     before = mlm[r["merge"]["base"]]
-    after = mlm["TIES merge"]
+    after = mlm[models.merged.name]
     gains = sorted(((after[l]["accuracy"] - before[l]["accuracy"], l) for l in tier
                     if tier[l] == TIERS[2] and l in before and l in after), reverse=True)
     if not gains:
@@ -205,7 +199,7 @@ def _decay_gain_lines(r: dict[str, Any]) -> list[str]:
              f"{r['merge']['base']} to the merged model. Largest gains:", "",
              "| language | train tokens | before decay | merged | unigram | gain |",
              "|---|---:|---:|---:|---:|---:|"]
-    uni = mlm["unigram"]
+    uni = mlm[models.baseline("unigram").name]
     for g, l in gains[:10]:
         lines.append(f"| {l} | {r['train_tokens'][l]} | {_fmt(before[l]['accuracy'])} | "
                      f"{_fmt(after[l]['accuracy'])} | {_fmt(uni.get(l, {}).get('accuracy'))} | "
@@ -217,8 +211,6 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     """``report.md`` + ``results.json`` + PNG plots under ``out``."""
     import matplotlib
 
-    from mmbert.evaluate.learning import UNIGRAM
-
     matplotlib.use("Agg")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -226,7 +218,8 @@ def write_demo_report(out: Path, r: dict[str, Any]) -> Path:
     _loss_plot(plots / "loss.png", r["loss_curves"])
     _sampling_plot(plots / "sampling.png", r["sampling"])
     _per_language_plot(plots / "mlm_per_language.png", r)
-    tier, scored = r["tiers"], r["mlm"][UNIGRAM]
+    tier = r["tiers"]
+    scored = r["mlm"][RunModels.from_json(r["models"]).baseline("unigram").name]
     n_t = {t: (sum(v == t for v in tier.values()), sum(tier[l] == t for l in scored))
            for t in TIERS}
     lines = ["# mmbert demo report", "",

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 RANDOM, UNIGRAM = "random init", "unigram"
 BASELINE_NAMES = (RANDOM, UNIGRAM)
+MERGE = "TIES merge"
+BASELINE, TRUNK, MERGED = "baseline", "trunk", "merge"  # branches besides the decay variants
 
 Scores = Mapping[str, Mapping[str, Any]]  # model -> language -> MlmScore.to_dict()
 
@@ -34,6 +36,74 @@ class ModelPoint:
     branch: str
     kind: str = "model"
     phase_end: bool = False
+
+    # The constructors below are the one place a model's name (its display label, and its key
+    # in score tables and results.json) is made from its identity.
+    @classmethod
+    def baseline(cls, kind: str, config_path: str) -> "ModelPoint":
+        """``kind`` ``random`` or ``unigram``, with the special ids of ``config_path``."""
+        return cls(RANDOM if kind == "random" else UNIGRAM, config_path, 0, BASELINE, kind=kind)
+
+    @classmethod
+    def checkpoint(cls, label: str, path: str, tokens: int, branch: str) -> "ModelPoint":
+        """A rolling checkpoint of phase (or ``phase/variant``) ``label``."""
+        return cls(f"{label} @ {tokens / 1e6:.2f}M tokens", path, tokens, branch)
+
+    @classmethod
+    def trunk_end(cls, phase: str, path: str, tokens: int) -> "ModelPoint":
+        return cls(f"end of {phase}", path, tokens, TRUNK, phase_end=True)
+
+    @classmethod
+    def variant_end(cls, variant: str, path: str, tokens: int) -> "ModelPoint":
+        return cls(f"variant {variant}", path, tokens, variant, phase_end=True)
+
+    @classmethod
+    def merge(cls, path: str, tokens: int) -> "ModelPoint":
+        return cls(MERGE, path, tokens, MERGED, phase_end=True)
+
+    @property
+    def is_variant(self) -> bool:
+        return self.branch not in (BASELINE, TRUNK, MERGED)
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """A run's models in training order, looked up by identity (kind, branch, phase end)."""
+
+    points: tuple[ModelPoint, ...]
+
+    @classmethod
+    def from_json(cls, rows: Sequence[Mapping[str, Any]]) -> "RunModels":
+        """From results.json's ``models`` (``dataclasses.asdict`` of each point)."""
+        return cls(tuple(ModelPoint(**r) for r in rows))
+
+    def baseline(self, kind: str) -> ModelPoint:
+        return next(p for p in self.points if p.kind == kind)
+
+    @property
+    def trunk(self) -> list[ModelPoint]:
+        return [p for p in self.points if p.branch == TRUNK]
+
+    @property
+    def trunk_ends(self) -> list[ModelPoint]:
+        return [p for p in self.trunk if p.phase_end]
+
+    @property
+    def variants(self) -> list[str]:
+        """The decay variants' names, in order of first appearance."""
+        return list(dict.fromkeys(p.branch for p in self.points if p.is_variant))
+
+    @property
+    def variant_ends(self) -> list[ModelPoint]:
+        return [p for p in self.points if p.is_variant and p.phase_end]
+
+    @property
+    def merged(self) -> ModelPoint:
+        return next(p for p in self.points if p.branch == MERGED)
+
+    @property
+    def trained(self) -> list[ModelPoint]:
+        return [p for p in self.points if p.branch != BASELINE]
 
 
 def tier_means(scores: Mapping[str, Mapping[str, Any]], tier: Mapping[str, str],
