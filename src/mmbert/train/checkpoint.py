@@ -7,6 +7,7 @@ Layout of ``CKPTS/step-00000120/``::
     optimizer.json                                per-parameter step counts, group settings
     trainer.json                                  step, tokens, phase position (the schedule
                                                   state), data-iterator state per data slot
+                                                  (records.TrainerRecord)
     rank-00000.json ...                           RNG states per rank (python, numpy, torch)
     manifest.json                                 sha256 and size of every file above
 

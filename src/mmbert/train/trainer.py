@@ -22,6 +22,7 @@ RUN_DIR layout::
     recipe.json            the resolved recipe (a resume must match it)
     tokenizer/             copy of the recipe's tokenizer (exports take it from here)
     metrics.jsonl          one line per step: loss, lr, tokens, tokens/s, per-language loss
+                           (records.StepRecord)
     checkpoints/step-*/    see checkpoint.py; phase ends are kept forever
     export/<phase>/        HF directory (model + tokenizer) at the end of every trunk phase
     variants/<name>/       the same (metrics.jsonl, checkpoints/, export/) per decay variant
