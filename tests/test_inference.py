@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from mmbert.cli import main
 from mmbert.config import ModelConfig
-from mmbert.inference import (embed_file, export_onnx, fill_mask, length_batches, read_texts,
-                              run_onnx)
+from mmbert.inference import embed_file, export_onnx, fill_mask, read_texts, run_onnx
 from mmbert.model import Encoder, MaskedLM
+from mmbert.text import token_batches as length_batches
 from mmbert.tokenizer import load_tokenizer
 
 WORDS = ("the a cat dog sat on mat house red blue green big small runs jumps over under "

@@ -327,7 +327,7 @@ def test_autotokenizer_frames_as_our_pipeline(default_id_dir, texts):
     equals what AutoTokenizer feeds it, singles and pairs."""
     from mmbert.hf import read_config
     from mmbert.inference import tokenize
-    from mmbert.tasks.common import load_text_tokenizer
+    from mmbert.text import load_text_tokenizer
     from mmbert.tokenizer import load_tokenizer
 
     hf = AutoTokenizer.from_pretrained(default_id_dir)

@@ -40,7 +40,7 @@ def tiny_model(demo_tokenizer: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tt(tiny_model: Path):
     from mmbert.hf import read_config
-    from mmbert.tasks.common import load_text_tokenizer
+    from mmbert.text import load_text_tokenizer
 
     return load_text_tokenizer(tiny_model, read_config(tiny_model)[0])
 
@@ -80,7 +80,7 @@ def test_readers_all_formats(tmp_path: Path) -> None:
 
 
 def test_bio_span_f1() -> None:
-    from mmbert.tasks.common import span_f1
+    from mmbert.scores import span_f1
 
     gold = [["B-PER", "I-PER", "O", "B-LOC"]]
     assert span_f1(gold, gold) == 1.0
@@ -115,7 +115,8 @@ def expected_first_tokens(tt, words: list[str], max_length: int) -> list[int]:
 ])
 def test_alignment_exact(tt, words: list[str]) -> None:
     from mmbert.config import IGNORE_INDEX as IGNORE
-    from mmbert.tasks.token import align_labels, encode_words
+    from mmbert.tasks.token import align_labels
+    from mmbert.text import encode_words
 
     enc = encode_words(tt, words, 512)
     labels = align_labels(enc.word_of_token, list(range(100, 100 + len(words))))
@@ -138,7 +139,8 @@ def test_alignment_exact(tt, words: list[str]) -> None:
 
 def test_alignment_truncation(tt) -> None:
     from mmbert.config import IGNORE_INDEX as IGNORE
-    from mmbert.tasks.token import align_labels, encode_words
+    from mmbert.tasks.token import align_labels
+    from mmbert.text import encode_words
 
     words = [f"wort{i}" for i in range(200)]
     enc = encode_words(tt, words, 64)
@@ -207,7 +209,7 @@ def test_finetune_sequence(tiny_model: Path, task_files: Path, tmp_path: Path, c
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from mmbert.model import SequenceClassifier
-    from mmbert.tasks.common import pack
+    from mmbert.text import pack
 
     tok = AutoTokenizer.from_pretrained(out)
     with warnings.catch_warnings():

@@ -343,15 +343,10 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     import json
 
     if a.data is not None:  # score a fine-tuned classifier on a labelled file
-        if a.task == "sequence":
-            from mmbert.tasks.sequence import evaluate_sequence
+        from mmbert.tasks import score_file
 
-            res = evaluate_sequence(a.model, a.data, max_length=a.max_length)
-        else:
-            from mmbert.tasks.token import evaluate_token
-
-            res = evaluate_token(a.model, a.data, label_column=a.label_column,
-                                 max_length=a.max_length)
+        res = score_file(a.task, a.model, a.data, max_length=a.max_length,
+                         label_column=a.label_column)
         print(json.dumps(res, indent=2))
         return
     from mmbert.evaluate import evaluate_suite

@@ -1,10 +1,11 @@
 """Inference helpers: sentence embeddings, fill-mask, ONNX export.
 
 * :func:`embed_texts` / :func:`embed_file` (``mmbert embed``): texts are tokenized, sorted by
-  length and cut into batches of at most ``batch_tokens`` real tokens, run *packed* (no padding
-  at all: ``cu_seqlens``), mean-pooled (or first token) per text, L2-normalised and returned in
-  the input order. Sorting keeps sequences of similar length together, which keeps the
-  attention buckets of :mod:`mmbert.attention` free of padding too.
+  length (longest first) and cut into batches of at most ``batch_tokens`` real tokens, run
+  *packed* (no padding at all: ``cu_seqlens``), mean-pooled (or first token) per text,
+  L2-normalised and returned in the input order (:mod:`mmbert.text`). Sorting keeps sequences
+  of similar length together, which keeps the attention buckets of :mod:`mmbert.attention` free
+  of padding too.
 * :func:`fill_mask` (``mmbert fill-mask``): top-k tokens at every mask position; the decoder runs
   only at those positions (``predict_positions``).
 * :func:`export_onnx` (``mmbert export-onnx``): the unpadded path has data-dependent shapes
@@ -33,6 +34,8 @@ from torch import nn
 
 from mmbert.errors import MmbertError
 from mmbert.outputs import OutputDir, atomic_file
+from mmbert.tasks.io import json_line
+from mmbert.text import TextTokenizer, embed_ids, token_batches
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16}
@@ -112,11 +115,7 @@ def read_texts(path: str | Path) -> list[str]:
         if not jsonl:
             texts.append(line)
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MmbertError(f"{p}:{n}: not valid JSON ({e.msg}); expected "
-                              "{\"text\": \"...\"} per line") from None
+        obj = json_line(p, n, line, '{"text": "..."} per line')
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise MmbertError(f"{p}:{n}: expected a JSON object with a string field 'text'")
         texts.append(obj["text"])
@@ -129,59 +128,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int
     """``[bos] + ids + [eos]``, cut to ``max_length`` (keeping the final eos)."""
     if max_length < 3:
         raise MmbertError(f"--max-length {max_length}: expected at least 3 (bos, a token, eos)")
-    out = []
-    for ids in tokenizer.encode_batch(texts):
-        ids = list(ids)[: max_length - 2]
-        out.append([tokenizer.bos_id, *ids, tokenizer.eos_id])
-    return out
-
-
-def length_batches(lengths: list[int], batch_tokens: int, max_batch: int = 256) -> list[list[int]]:
-    """Indices sorted by length (longest first) and cut into batches of at most
-    ``batch_tokens`` tokens (a longer single text gets a batch of its own)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    used = 0
-    for i in order:
-        if cur and (used + lengths[i] > batch_tokens or len(cur) >= max_batch):
-            batches.append(cur)
-            cur, used = [], 0
-        cur.append(i)
-        used += lengths[i]
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-@torch.inference_mode()
-def embed_ids(encoder: nn.Module, seqs: list[list[int]], *, batch_tokens: int = 16384,
-              pooling: str = "mean", normalize: bool = True, progress: bool = False) -> np.ndarray:
-    """Embeddings ``[len(seqs), hidden]`` (float32) of token id lists, in input order."""
-    if pooling not in ("mean", "cls"):
-        raise MmbertError(f"--pooling {pooling!r}: expected mean or cls")
-    from tqdm import tqdm
-
-    device = next(encoder.parameters()).device
-    hidden = encoder.config.hidden_size
-    out = np.zeros((len(seqs), hidden), dtype=np.float32)
-    batches = length_batches([len(s) for s in seqs], batch_tokens)
-    for idx in tqdm(batches, desc="embed", unit="batch", disable=not progress):
-        lens = [len(seqs[i]) for i in idx]
-        ids = torch.tensor([t for i in idx for t in seqs[i]], dtype=torch.long, device=device)
-        cu = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32, device=device)
-        h = encoder(ids, cu_seqlens=cu, max_seqlen=max(lens)).last_hidden_state.float()
-        if pooling == "cls":
-            pooled = h[cu[:-1].long()]
-        else:
-            seg = torch.repeat_interleave(torch.arange(len(idx), device=device),
-                                          torch.tensor(lens, device=device))
-            pooled = h.new_zeros(len(idx), hidden).index_add_(0, seg, h)
-            pooled /= torch.tensor(lens, device=device, dtype=h.dtype)[:, None]
-        if normalize:
-            pooled = F.normalize(pooled, dim=-1)
-        out[idx] = pooled.cpu().numpy()
-    return out
+    return TextTokenizer.from_tokenizer(tokenizer).frame_texts(texts, max_length)
 
 
 def load_encoder(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
@@ -199,8 +146,10 @@ def embed_texts(model_dir: str | Path, texts: list[str], *, dtype: str = "fp32",
     encoder = load_encoder(model_dir, dtype, device)
     tok = load_tokenizer_for(model_dir)
     seqs = tokenize(tok, texts, max_length or encoder.config.max_position_embeddings)
-    return embed_ids(encoder, seqs, batch_tokens=batch_tokens, pooling=pooling,
-                     normalize=normalize, progress=progress)
+    if pooling not in ("mean", "cls"):
+        raise MmbertError(f"--pooling {pooling!r}: expected mean or cls")
+    return embed_ids(encoder, seqs, token_batches([len(s) for s in seqs], batch_tokens),
+                     pooling=pooling, normalize=normalize, progress=progress)
 
 
 @dataclass
@@ -242,7 +191,7 @@ def encode_with_masks(tokenizer: Any, text: str, mask_token: str) -> list[int]:
                 ids.append(tokenizer.mask_id)
             if piece:
                 ids.extend(tokenizer.encode(piece))
-    return [tokenizer.bos_id, *ids, tokenizer.eos_id]
+    return TextTokenizer.from_tokenizer(tokenizer).frame(ids, None, len(ids) + 3)  # no cut
 
 
 @torch.inference_mode()

@@ -36,6 +36,7 @@ from mmbert import hf
 from mmbert.attention import VarlenPlan, varlen_attention
 from mmbert.config import IGNORE_INDEX, ModelConfig
 from mmbert.errors import MmbertError
+from mmbert.text import pool
 
 
 def activation(name: str):
@@ -89,12 +90,6 @@ class Unpadded:
     @property
     def cu_seqlens(self) -> torch.Tensor:
         return self.plan.cu_seqlens
-
-    def segment_ids(self) -> torch.Tensor:
-        """[N]: which sequence each token belongs to."""
-        cu = self.plan.cu_seqlens
-        return torch.repeat_interleave(torch.arange(cu.numel() - 1, device=cu.device),
-                                       cu.diff().long(), output_size=self.plan.num_tokens)
 
     def repad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> the caller's layout: [B, T, ...] (zeros at padding) or unchanged."""
@@ -535,8 +530,28 @@ class Encoder(PreTrained):
 
     def encode(self, texts: str | list[str], tokenizer: Any = None, *,
                batch_size: int = 64, max_length: int = 512) -> Any:
-        """Sentence embeddings of text(s), L2-normalised (see :meth:`_encode_texts`)."""
-        return self._encode_texts(texts, tokenizer, batch_size, max_length)
+        """L2-normalised mean-pooled sentence embeddings (numpy float32 ``[n, H]``, ``[H]`` for
+        one str), through :mod:`mmbert.text` as everywhere else.
+
+        Each text is ``[CLS] text [SEP]`` (cut to ``max_length``), as in fine-tuning and as the
+        saved tokenizer frames it for sentence-transformers; the config's cls/sep ids when they
+        name a row of the vocabulary, else the tokenizer's bos/eos. Batched by length: sorted,
+        packed (no padding), then put back in input order. ``tokenizer``: an mmbert Tokenizer,
+        a path, or None for the directory the model was loaded from."""
+        from mmbert.text import embed_ids, length_batches, model_text_tokenizer
+        from mmbert.tokenizer import load_tokenizer
+
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if tokenizer is None or isinstance(tokenizer, (str, Path)):
+            src = tokenizer or getattr(self, "name_or_path", None)
+            if src is None:
+                raise ValueError("encode(texts): pass tokenizer= (this Encoder was not loaded "
+                                 "with from_pretrained)")
+            tokenizer = load_tokenizer(src)
+        seqs = model_text_tokenizer(tokenizer, self.config).frame_texts(texts, max_length)
+        out = embed_ids(self, seqs, length_batches([len(s) for s in seqs], batch_size))
+        return out[0] if single else out
 
     def hidden_states(self, batch: Unpadded) -> torch.Tensor:
         """Hidden states ``[N, H]`` of the real tokens of an :class:`Unpadded` batch."""
@@ -571,49 +586,6 @@ class Encoder(PreTrained):
         model = super().from_pretrained(path, **kwargs)
         model.name_or_path = str(path)
         return model
-
-    def _encode_texts(self, texts: str | list[str], tokenizer: Any, batch_size: int,
-                      max_length: int) -> Any:
-        """L2-normalised mean-pooled embeddings (numpy float32 ``[n, H]``, ``[H]`` for one str).
-
-        Each text is ``[CLS] text [SEP]`` (cut to ``max_length``), as in fine-tuning and as the
-        saved tokenizer frames it for sentence-transformers. Batched by length: sorted, packed
-        (no padding), then put back in input order. ``tokenizer``: an mmbert Tokenizer, a path,
-        or None for the directory the model was loaded from."""
-        import numpy as np
-
-        from mmbert.tokenizer import load_tokenizer
-
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        if tokenizer is None or isinstance(tokenizer, (str, Path)):
-            src = tokenizer or getattr(self, "name_or_path", None)
-            if src is None:
-                raise ValueError("encode(texts): pass tokenizer= (this Encoder was not loaded "
-                                 "with from_pretrained)")
-            tokenizer = load_tokenizer(src)
-        c = self.config
-        # the config's ids when they name a row of the vocabulary, else the tokenizer's
-        cls = c.cls_token_id if c.cls_token_id < c.vocab_size else tokenizer.bos_id
-        sep = c.sep_token_id if c.sep_token_id < c.vocab_size else tokenizer.eos_id
-        seqs = [[cls, *ids[:max_length - 2], sep]
-                for ids in tokenizer.encode_batch(texts)] if texts else []
-        out = np.zeros((len(seqs), c.hidden_size), dtype=np.float32)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            for k in range(0, len(order), batch_size):
-                rows = order[k:k + batch_size]
-                lens = torch.tensor([len(seqs[i]) for i in rows])
-                ids = torch.tensor([t for i in rows for t in seqs[i]], dtype=torch.long)
-                cu = F.pad(torch.cumsum(lens, 0), (1, 0)).to(torch.int32)
-                h = self(ids, cu_seqlens=cu, max_seqlen=int(lens.max())).last_hidden_state
-                seg = torch.repeat_interleave(torch.arange(len(rows)), lens)
-                sums = h.float().new_zeros(len(rows), c.hidden_size).index_add_(0, seg, h.float())
-                out[rows] = F.normalize(sums / lens[:, None].float(), dim=-1).numpy()
-        self.train(was_training)
-        return out[0] if single else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,6 +700,22 @@ class _Classifier(PreTrained):
             extra["problem_type"] = self.problem_type
         return extra
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+                position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> ClassifierOutput:
+        batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                      position_ids=position_ids)
+        logits = self.logits(self.model.hidden_states(batch), batch)
+        return ClassifierOutput(self.loss(logits, labels) if labels is not None else None, logits)
+
+    def logits(self, hidden: torch.Tensor, batch: Unpadded) -> torch.Tensor:  # pragma: no cover
+        """[N, H] token states -> the head's logits in the caller's layout."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
 
 class SequenceClassifier(_Classifier):
     """= ModernBertForSequenceClassification: pool (``config.classifier_pooling``: first token
@@ -740,22 +728,10 @@ class SequenceClassifier(_Classifier):
 
     def pool(self, hidden: torch.Tensor, batch: Unpadded) -> torch.Tensor:
         """[N, H] token states -> [S, H], one vector per sequence."""
-        cu = batch.cu_seqlens.long()
-        if self.config.classifier_pooling == "cls":
-            return hidden[cu[:-1]]
-        sums = hidden.new_zeros(cu.numel() - 1, hidden.shape[-1])
-        sums.index_add_(0, batch.segment_ids(), hidden)
-        return sums / cu.diff().clamp(min=1)[:, None].to(hidden.dtype)
+        return pool(hidden, batch.cu_seqlens, self.config.classifier_pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
-                position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> ClassifierOutput:
-        batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                      position_ids=position_ids)
-        pooled = self.pool(self.model.hidden_states(batch), batch)
-        logits = self.classifier(self.drop(self.head(pooled)))
-        return ClassifierOutput(self.loss(logits, labels) if labels is not None else None, logits)
+    def logits(self, hidden: torch.Tensor, batch: Unpadded) -> torch.Tensor:
+        return self.classifier(self.drop(self.head(self.pool(hidden, batch))))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         kind = self.problem_type
@@ -781,18 +757,12 @@ class TokenClassifier(_Classifier):
 
     hf_architecture = "ModernBertForTokenClassification"
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
-                position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> ClassifierOutput:
-        batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                      position_ids=position_ids)
-        logits = batch.repad(self.classifier(self.drop(self.head(self.model.hidden_states(batch)))))
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
-        return ClassifierOutput(loss, logits)
+    def logits(self, hidden: torch.Tensor, batch: Unpadded) -> torch.Tensor:
+        return batch.repad(self.classifier(self.drop(self.head(hidden))))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
 
 
 class SentenceEmbedder(PreTrained):
@@ -818,10 +788,7 @@ class SentenceEmbedder(PreTrained):
         batch = unpad(input_ids, attention_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
                       position_ids=position_ids)
         hidden = self.model.hidden_states(batch)
-        cu = batch.cu_seqlens.long()
-        sums = hidden.float().new_zeros(cu.numel() - 1, hidden.shape[-1])
-        sums.index_add_(0, batch.segment_ids(), hidden.float())
-        emb = sums / cu.diff().clamp(min=1)[:, None]
+        emb = pool(hidden.float(), batch.cu_seqlens)
         if self.normalize:
             emb = F.normalize(emb, dim=-1)
         return emb.to(hidden.dtype)

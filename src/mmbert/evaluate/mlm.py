@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mmbert.config import IGNORE_INDEX
 from mmbert.data.masking import Masker
 from mmbert.errors import MmbertError
-from mmbert.tasks.common import length_batches, load_text_tokenizer, pack
+from mmbert.text import length_batches, load_text_tokenizer, pack
 
 DEFAULT_MASK_RATIO = 0.15
 

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmbert.evaluate.corpus import Corpus, gettext_pairs, udhr_units
-from mmbert.tasks.embedding import retrieval_at1
+from mmbert.scores import retrieval_at1
 
 
 def bitext_accuracy(system, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:

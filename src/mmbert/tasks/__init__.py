@@ -2,7 +2,9 @@
 
 ``finetune(task, model_dir, train, out, eval=None, **options)`` is what ``mmbert finetune``
 calls; each task module also has its own typed entry point (``finetune_sequence``,
-``finetune_token``, ``finetune_embedding``).
+``finetune_token``, ``finetune_embedding``) whose keyword defaults are the task's defaults.
+Each builds its task object and hands it to the one runner (:mod:`mmbert.tasks.runner`);
+``score_file`` (``mmbert eval --data``) scores a fine-tuned classifier through the same objects.
 """
 
 from __future__ import annotations
@@ -45,3 +47,18 @@ def finetune(task: str, model_dir: str | Path, train: str | Path, out: str | Pat
     if overwrite:  # passed on only when given, like the options
         options = {**options, "overwrite": True}
     return fn(model_dir, train, out, eval, **options)
+
+
+def score_file(task: str, model_dir: str | Path, path: str | Path, *,
+               max_length: int | None = None, label_column: str = "upos") -> dict[str, float]:
+    """Score a fine-tuned ``sequence`` or ``token`` classifier on a labelled file
+    (``label_column``: the CoNLL-U column of a token task)."""
+    if task == "sequence":
+        from mmbert.tasks.sequence import SequenceTask
+
+        return SequenceTask().score(model_dir, path, max_length=max_length)
+    if task == "token":
+        from mmbert.tasks.token import TokenTask
+
+        return TokenTask(label_column).score(model_dir, path, max_length=max_length)
+    raise MmbertError(f"--task {task!r}: expected sequence or token (a classifier)")

@@ -55,6 +55,15 @@ def _check_file(path: str | Path) -> Path:
     return p
 
 
+def json_line(p: Path, n: int, line: str, expected: str) -> Any:
+    """The JSON value on line ``n`` of ``p``; invalid JSON is one error line saying what was
+    ``expected``."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MmbertError(f"{p}:{n}: not valid JSON ({e.msg}); expected {expected}") from None
+
+
 def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` from a ``.jsonl``/``.json`` or ``.csv``/``.tsv`` file."""
     p = _check_file(path)
@@ -65,11 +74,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise MmbertError(f"{p}:{n}: not valid JSON ({e.msg}); expected one JSON "
-                                          "object per line") from None
+                    rec = json_line(p, n, line, "one JSON object per line")
                     if not isinstance(rec, dict):
                         raise MmbertError(f"{p}:{n}: expected a JSON object per line")
                     yield n, rec
