@@ -41,13 +41,12 @@ import torch
 from mmbert.config import _HF_DEFAULTS, SPECIAL_ID_FIELDS, ModelConfig
 from mmbert.errors import MmbertError
 from mmbert.outputs import atomic_file, write_text
+from mmbert.safetensors_dir import CONFIG, TOKENIZER_FILES, WEIGHTS, SafetensorsDir
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
+__all__ = ["CONFIG", "TOKENIZER_FILES", "WEIGHTS", "hf_config_dict", "load_pretrained",
+           "read_config", "resolve_dtype", "save_pretrained", "tokenizer_special_ids"]
+
 _OTHER_HEADS = ("head.", "decoder.", "classifier.")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model")
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -161,44 +160,9 @@ def _tokenizer_vocab(f: str, mtime_ns: int, size: int) -> dict[str, int]:
         raise MmbertError(f"{f}: not a valid tokenizers JSON file ({str(e)[:200]})") from None
 
 
-def _weight_files(d: Path) -> list[Path]:
-    if (d / WEIGHTS).is_file():
-        return [d / WEIGHTS]
-    if (d / INDEX).is_file():
-        try:
-            weight_map = json.loads((d / INDEX).read_text(encoding="utf-8"))["weight_map"]
-            files = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise MmbertError(f"{d / INDEX}: not a valid safetensors index ({e}); expected "
-                              f"{{'weight_map': {{name: file}}}}") from None
-        missing = [f for f in files if not (d / f).is_file()]
-        if missing:
-            raise MmbertError(f"{d / INDEX}: lists shard {missing[0]} which does not exist")
-        return [d / f for f in files]
-    raise MmbertError(f"{d}: no {WEIGHTS} (or {INDEX}); expected transformers safetensors weights")
-
-
 def _clean_name(name: str) -> str:
     name = name.replace("_orig_mod.", "")
     return name.removeprefix("module.")
-
-
-def iter_tensors(d: Path):
-    """Yield (file, stored name, tensor) for every tensor in the directory's weight files.
-
-    A truncated or corrupt file raises MmbertError saying so."""
-    from safetensors import SafetensorError, safe_open
-
-    for f in _weight_files(d):
-        size = f.stat().st_size
-        try:
-            with safe_open(str(f), framework="pt") as sf:
-                for name in sf.keys():
-                    yield f, name, sf.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise MmbertError(f"{f}: truncated or corrupt safetensors file ({size} bytes: {msg}); "
-                              f"expected a complete model.safetensors") from None
 
 
 def _target_name(name: str, targets: dict[str, torch.Tensor]) -> str | None:
@@ -234,7 +198,7 @@ def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = 
     unknown: list[str] = []
     stored_dtype: torch.dtype | None = None
     with torch.no_grad():
-        for f, name, tensor in iter_tensors(d):
+        for f, name, tensor in SafetensorsDir(d).iter_tensors():
             clean = _clean_name(name)
             target = _target_name(clean, targets)
             if target is None:

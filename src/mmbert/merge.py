@@ -46,12 +46,9 @@ al. 2024, arXiv 2311.18823) with one consistent set of indices per dimension:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -63,150 +60,36 @@ from tqdm import tqdm
 from mmbert.config import ModelConfig, preset
 from mmbert.errors import MmbertError
 from mmbert.outputs import OutputDir, read_json, write_json
+from mmbert.safetensors_dir import (CONFIG, TOKENIZER_FILES_WITH_ADDED, WEIGHTS, SafetensorsDir,
+                                    SafetensorsStream, copy_tokenizer)
 
 DEFAULT_DENSITY = 0.2  # TIES' default: keep the top 20 % of each task vector
 DEFAULT_LAMBDA = 1.0
 METHODS = ("ties", "linear")
 # Elements per block of rows when combining tensors (per model); bounds memory for big tensors.
 CHUNK_ELEMS = 1 << 22
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "added_tokens.json")
 _TIED = "decoder.weight"
 # Fields that do not change the weights' meaning; the others must agree between merged models.
 _IGNORED_FIELDS = {"embedding_dropout", "attention_dropout", "mlp_dropout", "classifier_dropout",
                    "initializer_range", "initializer_cutoff_factor", "classifier_pooling",
                    "classifier_activation"}
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-
 
 # =============================================================================================
 # Reading and writing checkpoint directories
 # =============================================================================================
 
-class Checkpoint:
-    """A transformers-layout directory read lazily: ``names``, ``shape``, ``dtype``, ``rows``."""
+class Checkpoint(SafetensorsDir):
+    """A model directory to merge or shrink: its config.json and its weights, read lazily."""
 
     def __init__(self, path: str | Path, role: str = "model") -> None:
-        from safetensors import safe_open
-
-        self.path = p = Path(path)
+        p = Path(path)
         if not p.is_dir():
             raise MmbertError(f"{role} {p}: no such directory; expected a transformers ModernBERT "
                               "directory (config.json + model.safetensors)")
-        self.config_dict = read_json(p / "config.json", "a transformers config.json")
-        self.config = ModelConfig.from_hf_dict(self.config_dict, source=str(p / "config.json"))
-        index = p / "model.safetensors.index.json"
-        if (p / "model.safetensors").is_file():
-            files = {"model.safetensors"}
-            self._file_of: dict[str, str] | None = None
-        elif index.is_file():
-            weight_map = read_json(index, "a safetensors index").get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise MmbertError(f"{index}: no 'weight_map' object; expected a safetensors index")
-            self._file_of = {str(k): str(v) for k, v in weight_map.items()}
-            files = set(self._file_of.values())
-        else:
-            raise MmbertError(f"{role} {p}: no model.safetensors; expected safetensors weights "
-                              "(pytorch_model.bin is not read: it would need unpickling)")
-        self._handles = {}
-        for f in sorted(files):
-            try:
-                self._handles[f] = safe_open(str(p / f), framework="pt")
-            except Exception as e:  # corrupt or missing shard
-                raise MmbertError(f"{p / f}: not a readable safetensors file ({e})") from None
-        if self._file_of is None:
-            only = self._handles["model.safetensors"]
-            self._file_of = {k: "model.safetensors" for k in only.keys()}
-        self._slices: dict[str, object] = {}
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._file_of)
-
-    def _slice(self, name: str):
-        if name not in self._slices:
-            try:
-                self._slices[name] = self._handles[self._file_of[name]].get_slice(name)
-            except Exception as e:
-                raise MmbertError(f"{self.path}: cannot read tensor {name!r} ({e})") from None
-        return self._slices[name]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._slice(name).get_shape())
-
-    def dtype(self, name: str) -> torch.dtype:
-        code = self._slice(name).get_dtype()
-        if code not in _DTYPES:
-            raise MmbertError(f"{self.path}: tensor {name!r} has dtype {code}; expected one of "
-                              f"{sorted(_DTYPES)}")
-        return _DTYPES[code]
-
-    def read(self, name: str) -> torch.Tensor:
-        return self._handles[self._file_of[name]].get_tensor(name)
-
-    def rows(self, name: str, a: int, b: int) -> torch.Tensor:
-        """Rows ``a:b`` of the tensor (the whole tensor for 0-d tensors)."""
-        if len(self.shape(name)) == 0:
-            return self.read(name)
-        return self._slice(name)[a:b]
-
-
-class _SafetensorsStream:
-    """Write a ``.safetensors`` file tensor by tensor (and block of rows by block of rows).
-
-    The header (names, dtypes, shapes, offsets) is known up front, so nothing but the block being
-    written needs to be in memory. Tensors must be written in the order of ``specs``.
-    """
-
-    def __init__(self, path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> None:
-        header: dict[str, object] = {}
-        offset = 0
-        self._todo: list[tuple[str, torch.dtype, int]] = []
-        for name, dtype, shape in specs:
-            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape),
-                            "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-            self._todo.append((name, dtype, nbytes))
-        header["__metadata__"] = {"format": "pt"}
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)
-        self._f = open(path, "wb")
-        self._f.write(struct.pack("<Q", len(raw)))
-        self._f.write(raw)
-        self._i, self._left = -1, 0
-        self._next()
-
-    def _next(self) -> None:
-        """Move to the next tensor that still needs bytes (zero-size tensors need none)."""
-        while self._left == 0 and self._i + 1 < len(self._todo):
-            self._i += 1
-            self._left = self._todo[self._i][2]
-
-    def write(self, name: str, t: torch.Tensor) -> None:
-        want, dtype, _ = self._todo[self._i]
-        assert name == want and t.dtype == dtype, (name, want, t.dtype, dtype)
-        data = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        assert data.nbytes <= self._left, f"{name}: more data than its shape"
-        self._f.write(memoryview(data))
-        self._left -= data.nbytes
-        self._next()
-
-    def __enter__(self) -> "_SafetensorsStream":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:  # the temp directory is deleted by the caller
-            self._f.close()
-            return
-        assert self._left == 0 and self._i == len(self._todo) - 1, "not every tensor was written"
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        self.config_dict = read_json(p / CONFIG, "a transformers config.json")
+        self.config = ModelConfig.from_hf_dict(self.config_dict, source=str(p / CONFIG))
+        super().__init__(p, role)
 
 
 def _check_out(out: OutputDir, inputs: Sequence[Path]) -> None:
@@ -220,10 +103,7 @@ def _check_out(out: OutputDir, inputs: Sequence[Path]) -> None:
 def _copy_tokenizer(sources: Sequence[Path], dst: Path) -> Path | None:
     """Copy the tokenizer files of the first source that has any; returns that source."""
     for src in sources:
-        found = [f for f in TOKENIZER_FILES if (src / f).is_file()]
-        if found:
-            for f in found:
-                shutil.copyfile(src / f, dst / f)
+        if copy_tokenizer(src, dst, TOKENIZER_FILES_WITH_ADDED):
             return src
     return None
 
@@ -401,11 +281,11 @@ def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties"
     need_base = base_ck is not None and (method == "ties" or lam != 1.0)
 
     with od as tmp:
-        with _SafetensorsStream(tmp / "model.safetensors", specs) as writer:
+        with SafetensorsStream(tmp / WEIGHTS, specs) as writer:
             for name in _progress(names, f"merge ({method})"):
                 _merge_one(name, cks, base_ck if need_base else None, method, weights,
                            density if method == "ties" else 1.0, lam, writer, chunk_elems)
-        shutil.copyfile(cks[0].path / "config.json", tmp / "config.json")
+        shutil.copyfile(cks[0].path / CONFIG, tmp / CONFIG)
         tok_src = _copy_tokenizer([c.path for c in everyone], tmp)
         info = {"method": method, "models": [str(c.path) for c in cks],
                 "base": str(base_ck.path) if base_ck else None, "weights": weights,
@@ -417,7 +297,7 @@ def merge(models: Sequence[str | Path], out: str | Path, *, method: str = "ties"
 
 def _merge_one(name: str, cks: Sequence[Checkpoint], base_ck: Checkpoint | None, method: str,
                weights: Sequence[float], density: float, lam: float,
-               writer: _SafetensorsStream, chunk_elems: int) -> None:
+               writer: SafetensorsStream, chunk_elems: int) -> None:
     shape, dtype = cks[0].shape(name), cks[0].dtype(name)
     n = math.prod(shape)
     if n == 0:
@@ -616,14 +496,14 @@ def init_small(base_dir: str | Path, out_dir: str | Path,
         shapes.append((new, ck.dtype(src),
                        tuple(shape[i] if s is None else len(s) for i, s in enumerate(sel))))
     with od as tmp:
-        with _SafetensorsStream(tmp / "model.safetensors", shapes) as writer:
+        with SafetensorsStream(tmp / WEIGHTS, shapes) as writer:
             for new, src, sel in _progress(specs, "init-small"):
                 x = ck.read(src)
                 for dim, idx in enumerate(sel):
                     if idx is not None:
                         x = x.index_select(dim, torch.tensor(idx, dtype=torch.long))
                 writer.write(new, x)
-        write_json(tmp / "config.json", dict(sorted(cfg.items())))
+        write_json(tmp / CONFIG, dict(sorted(cfg.items())))
         _copy_tokenizer([ck.path], tmp)
         info = {"method": "strided weight selection (Xu et al. 2024)", "base": str(ck.path),
                 "layers": plan.layers, "heads": plan.heads,

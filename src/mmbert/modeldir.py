@@ -7,16 +7,16 @@ Built on :mod:`mmbert.hf` (config.json and safetensors in transformers' layout) 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmbert.errors import MmbertError
-from mmbert.hf import TOKENIZER_FILES, read_config
+from mmbert.hf import read_config
 from mmbert.model import Encoder, MaskedLM, SequenceClassifier, TokenClassifier
 from mmbert.outputs import OutputDir
+from mmbert.safetensors_dir import copy_tokenizer
 
 
 def model_class_for(raw: dict[str, Any]):
@@ -64,7 +64,5 @@ def convert(src: str | Path, out: str | Path, *, dtype: torch.dtype | str | None
     model = load_any(src, dtype=dtype)
     with od as tmp:
         model.save_pretrained(tmp)
-        for name in TOKENIZER_FILES:
-            if (Path(src) / name).is_file():
-                shutil.copyfile(Path(src) / name, tmp / name)
+        copy_tokenizer(Path(src), tmp)
     return Path(out)
