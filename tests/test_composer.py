@@ -17,6 +17,7 @@ from transformers import ModernBertConfig, ModernBertForMaskedLM
 from mmbert.config import ModelConfig
 from mmbert.composer import convert_composer, hf_name, read_composer_weights, safe_load
 from mmbert.errors import MmbertError
+from test_train import data  # noqa: F401 (the small real shards and tokenizer fixture)
 
 transformers.logging.set_verbosity_error()
 
@@ -158,3 +159,41 @@ def test_config_mismatch_is_one_line(tmp_path, change, field):
     with pytest.raises(MmbertError, match=field):
         convert_composer(tmp_path / "c.pt", tmp_path / "flex.yaml", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_pretrain_init_from_composer_equals_directory(tmp_path, data):
+    """`pretrain --init-from FILE.pt --init-config YAML` trains exactly as from the same weights
+    in a transformers directory (same losses step by step), and not as from random weights."""
+    from mmbert.cli import main
+    from mmbert.model import MaskedLM
+    from mmbert.recipe import recipe_from_dict
+    from test_train import MODEL, losses, recipe_dict, write_recipe
+
+    d = recipe_dict(data)
+    d["phases"] = d["phases"][:1]
+    d["phases"][0]["tokens"] = 1024
+    base = recipe_from_dict(d, "r.yaml")
+    torch.manual_seed(5)
+    model = MaskedLM(base.model_config(1024, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                                       cls_token_id=2, sep_token_id=1, mask_token_id=4))
+    model.save_pretrained(tmp_path / "hfdir")
+    torch.save({"state": {"model": {"model." + _flex_name(k)[len("model."):]: v
+                                    for k, v in model.state_dict().items()}}},
+               tmp_path / "ck.pt")
+    flex = {**FLEX, **{k: MODEL[k] for k in ("hidden_size", "intermediate_size",
+                                             "num_hidden_layers", "num_attention_heads")},
+            "vocab_size": 1024, "sliding_window": MODEL["local_attention"],
+            "rotary_emb_base": 10000.0, "local_attn_rotary_emb_base": 10000.0,
+            "max_position_embeddings": MODEL["max_position_embeddings"]}
+    (tmp_path / "flex.yaml").write_text(yaml.safe_dump({"model": {"model_config": flex}}))
+    recipe = write_recipe(tmp_path / "r.yaml", d)
+    runs = {"dir": ["--init-from", str(tmp_path / "hfdir")],
+            "pt": ["--init-from", str(tmp_path / "ck.pt"), "--init-config",
+                   str(tmp_path / "flex.yaml")], "random": []}
+    for name, extra in runs.items():
+        assert main(["pretrain", "--recipe", str(recipe), "--out", str(tmp_path / name),
+                     *extra]) == 0
+    got = {name: losses(tmp_path / name / "metrics.jsonl") for name in runs}
+    assert got["pt"] == got["dir"] and got["pt"] != got["random"]
+    assert main(["pretrain", "--recipe", str(recipe), "--out", str(tmp_path / "bad"),
+                 "--init-from", str(tmp_path / "ck.pt")]) == 2  # .pt without its YAML

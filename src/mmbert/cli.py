@@ -268,7 +268,13 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
     from mmbert.recipe import load_recipe
     from mmbert.train import pretrain
 
-    recipe = load_recipe(a.recipe, a.set or [])
+    sets = list(a.set or [])
+    if a.init_from:  # the same as --set model.init_from=SRC (and model.init_config=YAML)
+        sets.append(f"model.init_from={a.init_from}")
+        sets += [f"model.init_config={a.init_config}"] if a.init_config else []
+    elif a.init_config:
+        raise MmbertError("pretrain: --init-config goes with --init-from FILE.pt")
+    recipe = load_recipe(a.recipe, sets)
     pretrain(recipe, a.out, resume=a.resume, variant=a.variant)
 
 
@@ -287,6 +293,11 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
                     "torchrun it trains data-parallel (DDP or FSDP2, the recipe's 'distributed').")
     p.add_argument("--recipe", required=True, help="YAML recipe, e.g. configs/demo.yaml")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--init-from", default=None, metavar="SRC",
+                   help="start from these weights instead of random: a transformers/mmbert "
+                        "MaskedLM directory, or a Composer/FlexBERT checkpoint FILE.pt")
+    p.add_argument("--init-config", default=None, metavar="YAML",
+                   help="with --init-from FILE.pt: the FlexBERT training YAML of that run")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest intact checkpoint")
     p.add_argument("--variant", default=None,

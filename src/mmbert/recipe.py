@@ -167,7 +167,11 @@ class PhaseConfig:
 class ModelSpec:
     preset: str = "tiny"
     overrides: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields
-    init_from: str | None = None  # start from a transformers/mmbert MaskedLM directory
+    # start from released weights: a transformers/mmbert MaskedLM directory, or a Composer/
+    # FlexBERT checkpoint (.pt, read without running code) with its training YAML in
+    # init_config. The optimizer always starts fresh (moments are not carried over).
+    init_from: str | None = None
+    init_config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -368,7 +372,8 @@ def _model_spec(m: Any, source: str) -> tuple[ModelSpec, ModelConfig]:
     """``model:`` -> (ModelSpec, the preset's ModelConfig with the overrides applied)."""
     w = lambda k: f"{source}: model.{k}"  # noqa: E731
     m = {**_defaults(ModelSpec),
-         **_check_keys(m, ("preset", "overrides", "init_from"), f"{source}: model")}
+         **_check_keys(m, ("preset", "overrides", "init_from", "init_config"),
+                       f"{source}: model")}
     if m["preset"] not in PRESETS:
         _fail(w("preset"), m["preset"], f"one of {sorted(PRESETS)}")
     overrides = _check_keys(m["overrides"] or {}, tuple(f.name for f in fields(ModelConfig)),
@@ -377,10 +382,15 @@ def _model_spec(m: Any, source: str) -> tuple[ModelSpec, ModelConfig]:
         model_cfg = preset(m["preset"]).replace(**overrides)
     except MmbertError as e:
         raise MmbertError(f"{source}: model.overrides: {e}") from None
-    init_from = m["init_from"]
-    if init_from is not None and (not isinstance(init_from, str) or not init_from):
-        _fail(w("init_from"), init_from, "a model directory")
-    return ModelSpec(preset=m["preset"], overrides=dict(overrides), init_from=init_from), model_cfg
+    for key in ("init_from", "init_config"):
+        if m[key] is not None and (not isinstance(m[key], str) or not m[key]):
+            _fail(w(key), m[key], "a path" if key == "init_config" else
+                  "a model directory or a Composer checkpoint (.pt)")
+    if (m["init_config"] is not None) != str(m["init_from"] or "").endswith(".pt"):
+        _fail(w("init_config"), m["init_config"], "a FlexBERT training YAML exactly when "
+              "init_from is a Composer checkpoint (.pt)")
+    return ModelSpec(preset=m["preset"], overrides=dict(overrides), init_from=m["init_from"],
+                     init_config=m["init_config"]), model_cfg
 
 
 def _optimizer(o: Any, source: str) -> OptimizerConfig:

@@ -31,7 +31,6 @@ RUN_DIR layout::
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import shutil
@@ -55,7 +54,7 @@ from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_su
                                       is_dtensor, shard_like, shutdown, wrap_model)
 from mmbert.train.optim import build_optimizer, set_hparams
 from mmbert.train.records import (METRICS, StepLog, StepRecord, TrainerRecord, TrainState,
-                                  branch_label, read_trainer_record)
+                                  read_trainer_record)
 from mmbert.train.schedule import accum_steps, lr_factor, max_accum_steps
 
 
@@ -268,26 +267,36 @@ def load_optimizer_state(raw: torch.nn.Module, opt: torch.optim.Optimizer,
 # The trainer
 # ---------------------------------------------------------------------------------------------
 
+def _initial_model(recipe: Recipe, prep: Any) -> Any:
+    """A fresh MaskedLM from the recipe's preset, or the weights ``model.init_from`` names: a
+    MaskedLM directory or a Composer/FlexBERT checkpoint (with ``model.init_config``)."""
+    from mmbert.model import MaskedLM
+
+    spec = recipe.model
+    if not spec.init_from:
+        return MaskedLM(recipe.model_config(prep.vocab_size, **prep.special_ids))
+    init = Path(spec.init_from)
+    if spec.init_config:
+        from mmbert.composer import composer_model
+
+        return composer_model(init, spec.init_config, tokenizer=recipe.tokenizer)
+    if not (init / "config.json").is_file():
+        raise MmbertError(f"{recipe.source}: model.init_from = {str(init)!r}: no config.json "
+                          "there; expected a MaskedLM directory or a Composer checkpoint (.pt)")
+    return MaskedLM.from_pretrained(init)
+
+
 class Trainer:
     """Holds the model, optimizer and run directory; runs phases and writes checkpoints."""
 
     def __init__(self, recipe: Recipe, prep: Prepared, run_dir: Path, env: DistEnv,
                  log: Callable[[str], None]):
-        from mmbert.model import MaskedLM
-
         self.recipe, self.prep, self.run_dir, self.env, self.log = recipe, prep, run_dir, env, log
         self.autocast_dtype = resolve_precision(recipe.precision, env.device)
         torch.manual_seed(recipe.seed)
         random.seed(recipe.seed)
         np.random.seed(recipe.seed % 2**32)
-        if recipe.model.init_from:
-            init = Path(recipe.model.init_from)
-            if not (init / "config.json").is_file():
-                raise MmbertError(f"{recipe.source}: model.init_from = {str(init)!r}: no "
-                                  f"config.json there; expected a MaskedLM directory")
-            self.raw = MaskedLM.from_pretrained(init)
-        else:
-            self.raw = MaskedLM(recipe.model_config(prep.vocab_size, **prep.special_ids))
+        self.raw = _initial_model(recipe, prep)
         self.raw.to(env.device)
         if prep.shard_vocab_size > self.raw.config.vocab_size:
             raise MmbertError(f"{recipe.source}: the model's vocab_size "
@@ -401,7 +410,6 @@ class Trainer:
         loaders = self.make_loaders(phase, langs, data_seed(self.recipe.seed, phase.name, variant),
                                     data_states)
         n_lang = len(langs)
-        label = branch_label(phase.name, variant)
         recent: list[float] = []
         self.model.train()
         amp = (torch.autocast(env.device.type, dtype=self.autocast_dtype)
