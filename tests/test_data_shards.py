@@ -66,7 +66,8 @@ def test_plain_corpus_txt_jsonl_fineweb_parquet(demo_corpus, demo_tokenizer, tmp
     pq.write_table(pa.table({"text": ["removed"]}), corpus / "spa_Latn_removed" / "x.parquet")
 
     out = tmp_path / "shards"
-    m = prepare(corpus, demo_tokenizer, out, workers=2, heldout_fraction=0.3, progress=False)
+    m = prepare(corpus, demo_tokenizer, out, workers=2, heldout_fraction=0.3,
+                progress=False).to_dict()
     tok = load_tokenizer(demo_tokenizer)
     assert sorted(m["languages"]) == ["deu_Latn", "fra_Latn", "rus_Cyrl", "spa_Latn"]
     tr, ho = ShardSet(out, "train"), ShardSet(out, "heldout")
@@ -106,7 +107,7 @@ def test_rerun_skips_finished_and_interrupted_run_leaves_nothing_half_written(
     (out / "train" / ".deu_Latn.bin.tmp-99999").write_bytes(b"junk")  # a killed worker's file
 
     bad.write_text("Tutti gli esseri umani\n\nnascono liberi e eguali\n", encoding="utf-8")
-    m = prepare(corpus, demo_tokenizer, out, workers=1, progress=False)
+    m = prepare(corpus, demo_tokenizer, out, workers=1, progress=False).to_dict()
     assert sorted(m["languages"]) == ["deu_Latn", "fra_Latn", "ita_Latn"]
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # skipped, not rewritten
     assert not list(out.rglob(".*.tmp-*"))

@@ -114,12 +114,12 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
 
     m = prepare(a.corpus, a.tokenizer, a.out, errors=a.errors, workers=a.workers,
                 heldout_fraction=a.heldout_fraction, languages=_langs_arg(a.languages))
-    tok = {s: sum(e["splits"].get(s, {}).get("tokens", 0) for e in m["languages"].values())
+    tok = {s: sum(e.splits[s].tokens for e in m.languages.values() if s in e.splits)
            for s in ("train", "heldout")}
-    print(f"{a.out}: {len(m['languages'])} languages, {tok['train']:,} train and "
+    print(f"{a.out}: {len(m.languages)} languages, {tok['train']:,} train and "
           f"{tok['heldout']:,} held-out tokens")
     if a.errors == "replace":
-        print(f"replaced {m['replacements_this_run']} invalid UTF-8 sequences with U+FFFD")
+        print(f"replaced {m.replacements_this_run} invalid UTF-8 sequences with U+FFFD")
 
 
 def _cmd_plan(a: argparse.Namespace) -> int:

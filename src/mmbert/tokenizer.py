@@ -241,15 +241,9 @@ def training_texts(corpus: str | Path, max_chars: int, tau: float = 0.3,
                    languages: Sequence[str] | None = None) -> dict[str, list[str]]:
     """A language-balanced sample of the train split: per language the first documents up to
     its budget (p ∝ size ** tau, sizes from file sizes). Returns ``{lang: texts}``."""
-    from mmbert.data.sources import iter_input, scan_corpus
+    from mmbert.data.sources import iter_input, only_languages, scan_corpus
 
-    inputs = scan_corpus(Path(corpus))
-    if languages is not None:
-        missing = sorted(set(languages) - set(inputs))
-        if missing:
-            raise MmbertError(f"--languages: {missing[:5]} not in {corpus}; expected codes "
-                              f"that the corpus has (e.g. {sorted(inputs)[:3]})")
-        inputs = {lang: inputs[lang] for lang in languages}
+    inputs = only_languages(scan_corpus(Path(corpus)), languages, corpus)
     train = {lang: [i for i in ins if i.split != "heldout"] for lang, ins in inputs.items()}
     sizes = {}
     for lang, ins in train.items():

@@ -53,7 +53,7 @@ def select_languages(shardset: Any, spec: LanguageSpec) -> list[str]:
             raise MmbertError("languages: empty list; expected 'all', a number or codes")
         for lang in spec:
             if lang not in counts:
-                manifest_langs = shardset.manifest["languages"]
+                manifest_langs = shardset.record.languages
                 why = ("has 0 tokens" if lang in manifest_langs else "is not in the shards")
                 raise MmbertError(f"languages: {lang!r} {why} ({shardset.path}, split "
                                   f"{shardset.split}); expected languages with data")

@@ -21,27 +21,147 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mmbert.data.sources import DecodeStats, Input, heldout_by_hash, iter_input, scan_corpus
+from mmbert.data.sources import (DecodeStats, Input, heldout_by_hash, iter_input, only_languages,
+                                 scan_corpus)
 from mmbert.errors import MmbertError
 from mmbert.outputs import read_json, write_json
 
 SPLITS = ("train", "heldout")
 MANIFEST = "manifest.json"
 FORMAT = "mmbert-shards"
+SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest.json: written by `prepare`, read by ShardSet (and training / evaluation)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The tokenizer the shards were made with."""
+
+    path: str
+    fingerprint: str
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int
+    unk_id: int
+    mask_id: int
+    prefix_space: bool
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {r: getattr(self, f"{r}_id") for r in SPECIAL_ROLES}
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One language's documents in one split: counts, sources and its two files."""
+
+    documents: int
+    tokens: int
+    chars: int
+    sources: dict[str, int]  # source kind or corpus.json source -> documents
+    bin: str                 # paths relative to the shard directory
+    idx: str
+
+    @property
+    def source(self) -> str:
+        return "+".join(sorted(self.sources))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"documents": self.documents, "tokens": self.tokens, "chars": self.chars,
+                "source": self.source, "sources": self.sources, "bin": self.bin,
+                "idx": self.idx}
+
+
+@dataclass(frozen=True)
+class LanguageEntry:
+    """One finished language: its splits (only those with documents) and U+FFFD replacements."""
+
+    code: str
+    splits: dict[str, SplitEntry]
+    replacements: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(sp.tokens for sp in self.splits.values())
+
+    def is_complete(self, shards: Path) -> bool:
+        """Whether every file the entry names exists in ``shards``."""
+        return all((shards / sp.bin).is_file() and (shards / sp.idx).is_file()
+                   for sp in self.splits.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "splits": {s: e.to_dict() for s, e in self.splits.items()},
+                "replacements": self.replacements}
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` of a shard directory. :meth:`to_dict` gives the file's exact layout
+    (key order included): the tokenizer's vocab size and special ids are repeated at the top
+    level for other tools; ``replacements`` (all languages) and ``replacements_this_run`` are
+    present once a run has finished."""
+
+    tokenizer: TokenizerInfo
+    corpus: str
+    heldout_fraction: float
+    languages: dict[str, LanguageEntry] = field(default_factory=dict)
+    version: int = 1
+    replacements: int | None = None
+    replacements_this_run: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"format": FORMAT, "version": self.version, "tokenizer": asdict(self.tokenizer),
+             "vocab_size": self.tokenizer.vocab_size, "special_ids": self.tokenizer.special_ids,
+             "corpus": self.corpus, "heldout_fraction": self.heldout_fraction,
+             "languages": {lang: e.to_dict() for lang, e in self.languages.items()}}
+        if self.replacements is not None:
+            d["replacements"] = self.replacements
+        if self.replacements_this_run is not None:
+            d["replacements_this_run"] = self.replacements_this_run
+        return d
+
+    def write(self, shards: Path) -> None:
+        write_json(shards / MANIFEST, self.to_dict())
+
+    @classmethod
+    def read(cls, shards: str | Path) -> "Manifest":
+        p = Path(shards) / MANIFEST
+        m = read_json(p, "a shard directory written by `mmbert data prepare`")
+        if m.get("format") != FORMAT:
+            raise MmbertError(f"{p}: not a shard manifest; expected format '{FORMAT}'")
+        try:
+            return cls.from_dict(m)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise MmbertError(f"{p}: missing or malformed field ({type(e).__name__}: {e}); "
+                              "expected a manifest written by `mmbert data prepare`") from None
+
+    @classmethod
+    def from_dict(cls, m: dict[str, Any]) -> "Manifest":
+        def split(sp: dict[str, Any]) -> SplitEntry:
+            return SplitEntry(sp["documents"], sp["tokens"], sp["chars"], sp["sources"],
+                              sp["bin"], sp["idx"])
+
+        langs = {lang: LanguageEntry(e["code"], {s: split(sp) for s, sp in e["splits"].items()},
+                                     e.get("replacements", 0))
+                 for lang, e in m["languages"].items()}
+        return cls(TokenizerInfo(**m["tokenizer"]), m["corpus"], m["heldout_fraction"], langs,
+                   m.get("version", 1), m.get("replacements"), m.get("replacements_this_run"))
 
 
 def read_manifest(shards: str | Path) -> dict[str, Any]:
-    p = Path(shards) / MANIFEST
-    m = read_json(p, "a shard directory written by `mmbert data prepare`")
-    if m.get("format") != FORMAT:
-        raise MmbertError(f"{p}: not a shard manifest; expected format '{FORMAT}'")
-    return m
+    """``manifest.json`` as a plain dict (the layout of :meth:`Manifest.to_dict`); prefer
+    :meth:`Manifest.read`."""
+    return Manifest.read(shards).to_dict()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,27 +169,30 @@ def read_manifest(shards: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 class ShardSet:
-    """Read access to one split of a shard directory (memory-mapped)."""
+    """Read access to one split of a shard directory (memory-mapped).
+
+    ``record`` is the typed :class:`Manifest`; ``manifest`` the same as a plain dict."""
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
         if split not in SPLITS:
             raise MmbertError(f"split {split!r}: expected one of {SPLITS}")
         self.path = Path(path)
         self.split = split
-        self.manifest = read_manifest(self.path)
-        tok = self.manifest["tokenizer"]
-        self.vocab_size: int = tok["vocab_size"]
-        self.pad_id, self.eos_id, self.bos_id = tok["pad_id"], tok["eos_id"], tok["bos_id"]
-        self.unk_id, self.mask_id = tok["unk_id"], tok["mask_id"]
+        self.record = Manifest.read(self.path)
+        self.manifest = self.record.to_dict()
+        tok = self.record.tokenizer
+        self.vocab_size: int = tok.vocab_size
+        self.pad_id, self.eos_id, self.bos_id = tok.pad_id, tok.eos_id, tok.bos_id
+        self.unk_id, self.mask_id = tok.unk_id, tok.mask_id
         self.special_ids = frozenset((self.pad_id, self.eos_id, self.bos_id, self.unk_id,
                                       self.mask_id))
-        self._info = {lang: e["splits"][split] for lang, e in self.manifest["languages"].items()
-                      if split in e["splits"] and e["splits"][split]["documents"] > 0}
+        self._info = {lang: e.splits[split] for lang, e in self.record.languages.items()
+                      if split in e.splits and e.splits[split].documents > 0}
         self.languages: list[str] = sorted(self._info)
         self._tokens: dict[str, np.ndarray] = {}
         self._offsets: dict[str, np.ndarray] = {}
 
-    def _check(self, lang: str) -> dict[str, Any]:
+    def _check(self, lang: str) -> SplitEntry:
         if lang not in self._info:
             raise MmbertError(f"{self.path}: no {self.split} data for language {lang!r}; "
                               f"expected one of {self.languages[:8]}"
@@ -77,25 +200,25 @@ class ShardSet:
         return self._info[lang]
 
     def num_tokens(self, lang: str) -> int:
-        return int(self._check(lang)["tokens"])
+        return int(self._check(lang).tokens)
 
     def num_docs(self, lang: str) -> int:
-        return int(self._check(lang)["documents"])
+        return int(self._check(lang).documents)
 
     def token_counts(self) -> dict[str, int]:
-        return {lang: int(self._info[lang]["tokens"]) for lang in self.languages}
+        return {lang: int(self._info[lang].tokens) for lang in self.languages}
 
-    def info(self, lang: str) -> dict[str, Any]:
-        return dict(self._check(lang))
+    def info(self, lang: str) -> SplitEntry:
+        return self._check(lang)
 
     def tokens(self, lang: str) -> np.ndarray:
         """All tokens of a language (uint32 memmap)."""
         if lang not in self._tokens:
             info = self._check(lang)
-            p = self.path / info["bin"]
+            p = self.path / info.bin
             n = os.path.getsize(p) // 4
-            if n != info["tokens"]:
-                raise MmbertError(f"{p}: {n} tokens on disk; manifest says {info['tokens']} "
+            if n != info.tokens:
+                raise MmbertError(f"{p}: {n} tokens on disk; manifest says {info.tokens} "
                                   f"(a damaged shard: rerun `mmbert data prepare` elsewhere)")
             self._tokens[lang] = (np.memmap(p, dtype="<u4", mode="r") if n else
                                   np.zeros(0, dtype="<u4"))
@@ -105,10 +228,10 @@ class ShardSet:
         """Document boundaries: ``doc i = tokens[offsets[i]:offsets[i + 1]]``."""
         if lang not in self._offsets:
             info = self._check(lang)
-            off = np.fromfile(self.path / info["idx"], dtype="<u8").astype(np.int64)
-            if len(off) != info["documents"] + 1:
-                raise MmbertError(f"{self.path / info['idx']}: {len(off) - 1} documents on "
-                                  f"disk; manifest says {info['documents']}")
+            off = np.fromfile(self.path / info.idx, dtype="<u8").astype(np.int64)
+            if len(off) != info.documents + 1:
+                raise MmbertError(f"{self.path / info.idx}: {len(off) - 1} documents on "
+                                  f"disk; manifest says {info.documents}")
             self._offsets[lang] = off
         return self._offsets[lang]
 
@@ -144,71 +267,89 @@ def _worker_tokenizer(path: str):
     return _WORKER_TOK[path]
 
 
-def _tokenize_language(job: _Job, batch_docs: int = 256) -> dict[str, Any]:
-    """Tokenise one language into temp files, rename them, return its manifest entry."""
-    tok = _worker_tokenizer(job.tokenizer)
-    out = Path(job.out)
-    stats = DecodeStats()
-    files = {s: out / s / f".{job.lang}.bin.tmp-{os.getpid()}" for s in SPLITS}
-    handles: dict[str, Any] = {}
-    offsets = {s: [0] for s in SPLITS}
-    chars = {s: 0 for s in SPLITS}
-    kinds = {s: {} for s in SPLITS}
-    buf: dict[str, list[str]] = {s: [] for s in SPLITS}
+def _temp_name(out: Path, split: str, lang: str, ext: str) -> Path:
+    return out / split / f".{lang}.{ext}.tmp-{os.getpid()}"
 
-    def flush(split: str) -> None:
-        if not buf[split]:
+
+class _SplitWriter:
+    """One language's documents of one split: token ids appended to a temp ``.bin`` in batches,
+    offsets, characters and document counts per source kind kept for the manifest."""
+
+    def __init__(self, out: Path, split: str, lang: str) -> None:
+        self.out, self.split, self.lang = out, split, lang
+        self.tmp_bin = _temp_name(out, split, lang, "bin")
+        self.handle: Any = None  # opened with the first batch: a split without documents has none
+        self.offsets = [0]
+        self.chars = 0
+        self.kinds: dict[str, int] = {}
+        self.buf: list[str] = []
+
+    def add(self, text: str, kind: str) -> None:
+        self.buf.append(text)
+        self.chars += len(text)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def flush(self, tok) -> None:
+        if not self.buf:
             return
-        ids = tok.encode_batch(buf[split])
-        if split not in handles:
-            handles[split] = open(files[split], "wb")
+        ids = tok.encode_batch(self.buf)
+        if self.handle is None:
+            self.handle = open(self.tmp_bin, "wb")
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype="<u4",
                            count=sum(len(x) for x in ids))
-        handles[split].write(flat.tobytes())
-        off = offsets[split]
+        self.handle.write(flat.tobytes())
         for x in ids:
-            off.append(off[-1] + len(x))
-        buf[split] = []
+            self.offsets.append(self.offsets[-1] + len(x))
+        self.buf = []
 
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def publish(self, sources: dict[str, int] | None) -> SplitEntry:
+        """Write the offsets, rename both files to their final names; the manifest entry."""
+        final_bin = self.out / self.split / f"{self.lang}.bin"
+        final_idx = self.out / self.split / f"{self.lang}.idx"
+        tmp_idx = _temp_name(self.out, self.split, self.lang, "idx")
+        np.asarray(self.offsets, dtype="<u8").tofile(tmp_idx)
+        os.replace(tmp_idx, final_idx)
+        os.replace(self.tmp_bin, final_bin)
+        return SplitEntry(len(self.offsets) - 1, int(self.offsets[-1]), self.chars,
+                          sources or self.kinds, f"{self.split}/{self.lang}.bin",
+                          f"{self.split}/{self.lang}.idx")
+
+    def remove_temp(self) -> None:
+        self.close()
+        for p in (self.tmp_bin, _temp_name(self.out, self.split, self.lang, "idx")):
+            p.unlink(missing_ok=True)
+
+
+def _tokenize_language(job: _Job, batch_docs: int = 256) -> LanguageEntry:
+    """Tokenise one language into temp files, rename them, return its manifest entry."""
+    tok = _worker_tokenizer(job.tokenizer)
+    stats = DecodeStats()
+    writers = {s: _SplitWriter(Path(job.out), s, job.lang) for s in SPLITS}
     try:
         for inp in job.inputs:
             for doc in iter_input(inp, job.lang, job.errors, stats):
                 split = inp.split or ("heldout" if heldout_by_hash(doc.text, job.heldout_fraction)
                                       else "train")
-                buf[split].append(doc.text)
-                chars[split] += len(doc.text)
-                kinds[split][inp.kind] = kinds[split].get(inp.kind, 0) + 1
-                if len(buf[split]) >= batch_docs:
-                    flush(split)
-        for s in SPLITS:
-            flush(s)
-        for h in handles.values():
-            h.close()
-        entry: dict[str, Any] = {"code": job.lang, "splits": {}, "replacements": stats.total}
-        for s in SPLITS:
-            if s not in handles:
-                continue
-            final_bin = out / s / f"{job.lang}.bin"
-            final_idx = out / s / f"{job.lang}.idx"
-            tmp_idx = out / s / f".{job.lang}.idx.tmp-{os.getpid()}"
-            np.asarray(offsets[s], dtype="<u8").tofile(tmp_idx)
-            os.replace(tmp_idx, final_idx)
-            os.replace(files[s], final_bin)
-            src = job.sources.get(s) or kinds[s]
-            entry["splits"][s] = {
-                "documents": len(offsets[s]) - 1, "tokens": int(offsets[s][-1]),
-                "chars": chars[s], "source": "+".join(sorted(src)), "sources": src,
-                "bin": f"{s}/{job.lang}.bin", "idx": f"{s}/{job.lang}.idx"}
-        return entry
+                writers[split].add(doc.text, inp.kind)
+                if len(writers[split].buf) >= batch_docs:
+                    writers[split].flush(tok)
+        for w in writers.values():
+            w.flush(tok)
+        for w in writers.values():
+            w.close()
+        splits = {s: w.publish(job.sources.get(s)) for s, w in writers.items()
+                  if w.handle is not None}
+        return LanguageEntry(job.lang, splits, stats.total)
     finally:
-        for h in handles.values():
-            h.close()
-        for s in SPLITS:
-            for p in (files[s], out / s / f".{job.lang}.idx.tmp-{os.getpid()}"):
-                p.unlink(missing_ok=True)
+        for w in writers.values():
+            w.remove_temp()
 
 
-def _run_job(job: _Job) -> tuple[str, dict[str, Any] | None, str | None]:
+def _run_job(job: _Job) -> tuple[str, LanguageEntry | None, str | None]:
     """Pool entry point: errors come back as text (MmbertError) so the parent can stop cleanly."""
     try:
         return job.lang, _tokenize_language(job), None
@@ -216,114 +357,134 @@ def _run_job(job: _Job) -> tuple[str, dict[str, Any] | None, str | None]:
         return job.lang, None, str(e)
 
 
-def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
-            errors: str = "strict", workers: int = 2, heldout_fraction: float = 0.0,
-            languages: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Tokenise ``corpus`` into shards under ``out`` (see the module docstring).
-
-    ``workers`` processes tokenise one language each at a time. Plain corpora go to the train
-    split; ``heldout_fraction`` moves that fraction of documents (by a hash of the text) to
-    ``heldout``. Returns the manifest.
-    """
-    from tqdm import tqdm
-
-    from mmbert.tokenizer import load_tokenizer
-
+def _check_options(errors: str, heldout_fraction: float, workers: int) -> None:
     if errors not in ("strict", "replace"):
         raise MmbertError(f"--errors {errors!r}: expected 'strict' or 'replace'")
     if not 0.0 <= heldout_fraction < 1.0:
         raise MmbertError(f"--heldout-fraction {heldout_fraction}: expected a value in [0, 1)")
     if workers < 1:
         raise MmbertError(f"--workers {workers}: expected at least 1")
-    corpus, out = Path(corpus), Path(out)
+
+
+def _tokenizer_info(tokenizer: str | Path) -> tuple[Any, TokenizerInfo]:
+    """The loaded tokenizer and what the manifest records of it."""
+    from mmbert.tokenizer import load_tokenizer
+
     tok = load_tokenizer(tokenizer)
-    tok_info = {"path": str(Path(tokenizer).resolve()), "fingerprint": tok.fingerprint(),
-                "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "eos_id": tok.eos_id,
-                "bos_id": tok.bos_id, "unk_id": tok.unk_id, "mask_id": tok.mask_id,
-                "prefix_space": tok.prefix_space}
+    info = TokenizerInfo(str(Path(tokenizer).resolve()), tok.fingerprint(), tok.vocab_size,
+                         tok.pad_id, tok.eos_id, tok.bos_id, tok.unk_id, tok.mask_id,
+                         tok.prefix_space)
     if tok.vocab_size > 2**32:
         raise MmbertError(f"{tokenizer}: vocab size {tok.vocab_size} does not fit uint32 shards")
-    inputs = scan_corpus(corpus, errors)
-    if languages is not None:
-        missing = sorted(set(languages) - set(inputs))
-        if missing:
-            raise MmbertError(f"--languages: {missing[:5]} not in {corpus}; expected codes the "
-                              f"corpus has (e.g. {sorted(inputs)[:3]})")
-        inputs = {lang: inputs[lang] for lang in languages}
-    hint: dict[str, Any] = {}
+    return tok, info
+
+
+def _corpus_sources(corpus: Path) -> dict[str, Any]:
+    """``{lang: {split: {"sources": {source: documents}, ...}}}`` of the corpus' corpus.json
+    (written by ``mmbert data fetch-demo``); ``{}`` without one."""
     if (corpus / "corpus.json").is_file():
         try:
-            hint = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))["languages"]
+            return json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))["languages"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            hint = {}
+            pass
+    return {}
 
-    if (out / MANIFEST).is_file():
-        manifest = read_manifest(out)
-        old = manifest.get("tokenizer", {}).get("fingerprint")
-        if old != tok_info["fingerprint"]:
-            raise MmbertError(f"{out / MANIFEST}: shards were made with another tokenizer "
-                              f"({old}); expected {tok_info['fingerprint']} "
-                              f"(use a new --out directory)")
-    else:
-        manifest = {"format": FORMAT, "version": 1, "tokenizer": tok_info,
-                    "vocab_size": tok.vocab_size,
-                    "special_ids": {r: tok_info[f"{r}_id"] for r in ("pad", "eos", "bos", "unk",
-                                                                       "mask")},
-                    "corpus": str(corpus.resolve()), "heldout_fraction": heldout_fraction,
-                    "languages": {}}
+
+def _start_manifest(out: Path, corpus: Path, tok_info: TokenizerInfo,
+                    heldout_fraction: float) -> Manifest:
+    """The manifest of an earlier run into ``out`` (same tokenizer only), else a new one."""
+    if not (out / MANIFEST).is_file():
+        return Manifest(tok_info, str(corpus.resolve()), heldout_fraction)
+    manifest = Manifest.read(out)
+    old = manifest.tokenizer.fingerprint
+    if old != tok_info.fingerprint:
+        raise MmbertError(f"{out / MANIFEST}: shards were made with another tokenizer "
+                          f"({old}); expected {tok_info.fingerprint} "
+                          f"(use a new --out directory)")
+    return manifest
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Temp files of an interrupted run, or of workers stopped by an error."""
     for s in SPLITS:
-        (out / s).mkdir(parents=True, exist_ok=True)
-        for stale in (out / s).glob(".*.tmp-*"):  # an interrupted earlier run
-            stale.unlink()
+        for stale in (out / s).glob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
 
-    def done(lang: str) -> bool:
-        e = manifest["languages"].get(lang)
-        return e is not None and all((out / sp["bin"]).is_file() and (out / sp["idx"]).is_file()
-                                     for sp in e["splits"].values())
 
-    todo = [lang for lang in inputs if not done(lang)]
-    todo.sort(key=lambda lang: -sum(os.path.getsize(i.path) for i in inputs[lang]))
-    jobs = [_Job(lang, inputs[lang], str(tokenizer), str(out), heldout_fraction, errors,
-                 {s: v.get("sources", {}) for s, v in hint.get(lang, {}).items()})
-            for lang in todo]
-    write_json(out / MANIFEST, manifest)
-    replaced = 0
-    bar = tqdm(total=len(jobs), desc="prepare", unit="lang", disable=not progress or None)
-    n_tokens = 0
+class _Collector:
+    """Adds each finished language to the manifest (rewritten every time) and the progress."""
 
-    def accept(lang: str, entry: dict[str, Any] | None, err: str | None) -> None:
-        nonlocal replaced, n_tokens
+    def __init__(self, manifest: Manifest, out: Path, bar: Any) -> None:
+        self.manifest, self.out, self.bar = manifest, out, bar
+        self.replaced = self.tokens = 0
+
+    def __call__(self, lang: str, entry: LanguageEntry | None, err: str | None) -> None:
         if err is not None:
             raise MmbertError(err)
         assert entry is not None
-        manifest["languages"][lang] = entry
-        manifest["languages"] = dict(sorted(manifest["languages"].items()))
-        write_json(out / MANIFEST, manifest)
-        replaced += entry["replacements"]
-        n_tokens += sum(s["tokens"] for s in entry["splits"].values())
-        bar.update(1)
-        bar.set_postfix(tokens=f"{n_tokens / 1e6:.1f}M", refresh=False)
+        langs = self.manifest.languages
+        langs[lang] = entry
+        self.manifest.languages = dict(sorted(langs.items()))
+        self.manifest.write(self.out)
+        self.replaced += entry.replacements
+        self.tokens += entry.tokens
+        self.bar.update(1)
+        self.bar.set_postfix(tokens=f"{self.tokens / 1e6:.1f}M", refresh=False)
 
+
+def _run_jobs(jobs: list[_Job], workers: int, tokenizer: str | Path, tok: Any,
+              collect: _Collector) -> None:
+    """Tokenise in this process (one worker or one job) or in a pool of ``workers``."""
+    if workers == 1 or len(jobs) <= 1:
+        _WORKER_TOK.clear()
+        _WORKER_TOK[str(tokenizer)] = tok  # in this process: no second load
+        for job in jobs:
+            collect(*_run_job(job))
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+            for res in pool.imap_unordered(_run_job, jobs):
+                collect(*res)
+
+
+def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
+            errors: str = "strict", workers: int = 2, heldout_fraction: float = 0.0,
+            languages: Sequence[str] | None = None, progress: bool = True) -> Manifest:
+    """Tokenise ``corpus`` into shards under ``out`` (see the module docstring).
+
+    ``workers`` processes tokenise one language each at a time. Plain corpora go to the train
+    split; ``heldout_fraction`` moves that fraction of documents (by a hash of the text) to
+    ``heldout``. A rerun skips the languages the manifest lists. Returns the manifest.
+    """
+    from tqdm import tqdm
+
+    _check_options(errors, heldout_fraction, workers)
+    corpus, out = Path(corpus), Path(out)
+    tok, tok_info = _tokenizer_info(tokenizer)
+    inputs = only_languages(scan_corpus(corpus, errors), languages, corpus)
+    sources = _corpus_sources(corpus)
+    manifest = _start_manifest(out, corpus, tok_info, heldout_fraction)
+    for s in SPLITS:
+        (out / s).mkdir(parents=True, exist_ok=True)
+    _remove_temp_files(out)
+
+    done = manifest.languages
+    todo = [lang for lang in inputs if not (lang in done and done[lang].is_complete(out))]
+    todo.sort(key=lambda lang: -sum(os.path.getsize(i.path) for i in inputs[lang]))
+    jobs = [_Job(lang, inputs[lang], str(tokenizer), str(out), heldout_fraction, errors,
+                 {s: v.get("sources", {}) for s, v in sources.get(lang, {}).items()})
+            for lang in todo]
+    manifest.write(out)
+    bar = tqdm(total=len(jobs), desc="prepare", unit="lang", disable=not progress or None)
+    collect = _Collector(manifest, out, bar)
     try:
-        if workers == 1 or len(jobs) <= 1:
-            _WORKER_TOK.clear()
-            _WORKER_TOK[str(tokenizer)] = tok  # in this process: no second load
-            for job in jobs:
-                accept(*_run_job(job))
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-                for res in pool.imap_unordered(_run_job, jobs):
-                    accept(*res)
+        _run_jobs(jobs, workers, tokenizer, tok, collect)
     finally:
         bar.close()
-        for s in SPLITS:  # temp files of workers stopped by an error
-            for stale in (out / s).glob(".*.tmp-*"):
-                stale.unlink(missing_ok=True)
-    manifest["replacements"] = sum(e.get("replacements", 0)
-                                   for e in manifest["languages"].values())
-    manifest["replacements_this_run"] = replaced
-    write_json(out / MANIFEST, manifest)
+        _remove_temp_files(out)
+    manifest.replacements = sum(e.replacements for e in manifest.languages.values())
+    manifest.replacements_this_run = collect.replaced
+    manifest.write(out)
     return manifest
 
 

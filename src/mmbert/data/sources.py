@@ -29,7 +29,7 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 from mmbert.data.langcodes import check_code, normalize_lang
 from mmbert.errors import MmbertError
@@ -520,6 +520,19 @@ def _scan_plain(root: Path, split: str | None, errors: str,
                 for f in paths:
                     out.setdefault(lang, []).append(Input("parquet", str(f), split or sp))
     return out
+
+
+def only_languages(inputs: dict[str, list[Input]], languages: Sequence[str] | None,
+                   corpus: str | Path) -> dict[str, list[Input]]:
+    """``inputs`` of ``scan_corpus(corpus)`` restricted to ``languages`` (in that order); None
+    keeps every language. A code the corpus lacks is an error (``--languages``)."""
+    if languages is None:
+        return inputs
+    missing = sorted(set(languages) - set(inputs))
+    if missing:
+        raise MmbertError(f"--languages: {missing[:5]} not in {corpus}; expected codes the "
+                          f"corpus has (e.g. {sorted(inputs)[:3]})")
+    return {lang: inputs[lang] for lang in languages}
 
 
 def iter_input(inp: Input, lang: str, errors: str = "strict",
