@@ -9,6 +9,7 @@ the demo calls at every phase end.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,6 +76,51 @@ def _languages(corpus, sizes: dict[str, int], languages: Sequence[str] | None,
     return [l for l in languages if l != ENGLISH]
 
 
+@dataclass(frozen=True)
+class SuiteOptions:
+    """The suite's size options (``results.json``'s ``options``, in this order)."""
+
+    max_languages: int | None
+    mlm_languages: str
+    mlm_max_tokens: int
+    max_udhr_units: int | None
+    max_gettext_strings: int
+    n_domains: int
+    classification_train_per_class: int
+    classification_test_per_language: int
+    tagging_sentences: int
+    mask_ratio: float = 0.15
+
+
+def _run_system(s, model, corpus, task, data, langs: list[str], opts: SuiteOptions,
+                seed: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Every task ``s`` can do: ``({task: result}, {task: seconds})``."""
+    from mmbert.evaluate.classification import classification_probe
+    from mmbert.evaluate.corpus import ENGLISH
+    from mmbert.evaluate.retrieval import gettext_retrieval, udhr_retrieval
+    from mmbert.evaluate.tagging import tagging_probe
+
+    tasks: dict[str, Any] = {}
+    timing: dict[str, float] = {}
+
+    def run(name: str, fn, *args, **kwargs) -> None:
+        ts = time.time()
+        tasks[name] = fn(*args, **kwargs)
+        timing[name] = round(time.time() - ts, 2)
+
+    if s.has_tokens and getattr(s, "mlm", None) is not None:
+        mlm_langs = None if (opts.mlm_languages == "all" and s is model) else [ENGLISH, *langs]
+        run("mlm", _mlm_task, s, data, mlm_langs, [ENGLISH, *langs], seed, opts.mlm_max_tokens)
+    run("udhr_retrieval", udhr_retrieval, s, corpus, langs, max_units=opts.max_udhr_units)
+    run("gettext_retrieval", gettext_retrieval, s, corpus, langs,
+        max_strings=opts.max_gettext_strings)
+    run("classification", classification_probe, s, task, seed=seed)
+    if s.has_tokens:
+        run("tagging", tagging_probe, s, corpus, langs, train_sentences=opts.tagging_sentences,
+            test_sentences=opts.tagging_sentences, seed=seed)
+    return tasks, timing
+
+
 def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str | Path,
                    suite: str = "demo", shards_dir: str | Path | None = None,
                    baselines: Sequence[str] = (), seed: int = 0,
@@ -98,11 +144,9 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
     ``model/``). ``out_dir`` is an output directory (:class:`mmbert.outputs.OutputDir`).
     """
     from mmbert.evaluate.baselines import MmbertSystem, make_baselines
-    from mmbert.evaluate.classification import classification_probe, domain_task
-    from mmbert.evaluate.corpus import ENGLISH, Corpus
+    from mmbert.evaluate.classification import domain_task
+    from mmbert.evaluate.corpus import Corpus
     from mmbert.evaluate.report import write_report
-    from mmbert.evaluate.retrieval import gettext_retrieval, udhr_retrieval
-    from mmbert.evaluate.tagging import tagging_probe
     from mmbert.outputs import OutputDir
 
     out = OutputDir(out_dir, overwrite=overwrite)
@@ -111,6 +155,9 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
         raise MmbertError(f"--suite {suite!r}: expected one of {list(SUITES)}")
     if mlm_languages not in ("all", "eval"):
         raise MmbertError(f"mlm_languages {mlm_languages!r}: expected 'all' or 'eval'")
+    opts = SuiteOptions(max_languages, mlm_languages, mlm_max_tokens, max_udhr_units,
+                        max_gettext_strings, n_domains, classification_train_per_class,
+                        classification_test_per_language, tagging_sentences)
     t0 = time.time()
     model = MmbertSystem(model_dir, seed=seed, tokenizer=tokenizer)  # checks model + tokenizer
     corpus = Corpus.open(corpus_dir)
@@ -124,39 +171,15 @@ def evaluate_suite(model_dir: str | Path, corpus_dir: str | Path, out_dir: str |
                        train_per_class=classification_train_per_class,
                        test_per_language=classification_test_per_language)
     data = shards_dir if shards_dir is not None else corpus_dir
-
     results: dict[str, Any] = {
         "suite": suite, "model": str(model_dir), "tokenizer": model.tt.source,
         "corpus": str(corpus_dir),
         "shards": str(shards_dir) if shards_dir else None, "seed": seed, "languages": langs,
         "training_tokens": sizes, "token_source": size_source, "token_unit": unit,
-        "options": {"max_languages": max_languages, "mlm_languages": mlm_languages,
-                    "mlm_max_tokens": mlm_max_tokens, "max_udhr_units": max_udhr_units,
-                    "max_gettext_strings": max_gettext_strings, "n_domains": n_domains,
-                    "classification_train_per_class": classification_train_per_class,
-                    "classification_test_per_language": classification_test_per_language,
-                    "tagging_sentences": tagging_sentences, "mask_ratio": 0.15},
-        "systems": {}, "timing_s": {},
+        "options": asdict(opts), "systems": {}, "timing_s": {},
     }
     for s in systems:
-        tasks: dict[str, Any] = {}
-        timing: dict[str, float] = {}
-
-        def run(name: str, fn, *args, **kwargs) -> None:
-            ts = time.time()
-            tasks[name] = fn(*args, **kwargs)
-            timing[name] = round(time.time() - ts, 2)
-
-        if s.has_tokens and getattr(s, "mlm", None) is not None:
-            mlm_langs = None if (mlm_languages == "all" and s is model) else [ENGLISH, *langs]
-            run("mlm", _mlm_task, s, data, mlm_langs, [ENGLISH, *langs], seed, mlm_max_tokens)
-        run("udhr_retrieval", udhr_retrieval, s, corpus, langs, max_units=max_udhr_units)
-        run("gettext_retrieval", gettext_retrieval, s, corpus, langs,
-            max_strings=max_gettext_strings)
-        run("classification", classification_probe, s, task, seed=seed)
-        if s.has_tokens:
-            run("tagging", tagging_probe, s, corpus, langs, train_sentences=tagging_sentences,
-                test_sentences=tagging_sentences, seed=seed)
+        tasks, timing = _run_system(s, model, corpus, task, data, langs, opts, seed)
         results["systems"][s.name] = {"description": s.description, "tasks": tasks}
         results["timing_s"][s.name] = {**timing, "total": round(sum(timing.values()), 2)}
     results["seconds"] = round(time.time() - t0, 2)
