@@ -4,8 +4,9 @@ Files. :func:`atomic_file` writes ``path`` under a temporary sibling ``.<name>.t
 renames it into place with ``os.replace`` on success, so a reader (or a killed run) never sees
 half a file; on failure the temporary file is removed and ``path`` is untouched.
 :func:`write_text`, :func:`write_json` and :func:`write_jsonl` are built on it.
-:func:`read_json` and :func:`read_jsonl` read them back; bad content is one
-:class:`~mmbert.errors.MmbertError` line naming the file and what was expected.
+:func:`read_json` and :func:`read_jsonl` read them back (:func:`read_mapping` is
+:func:`read_json` for JSON or YAML); bad content is one :class:`~mmbert.errors.MmbertError`
+line naming the file and what was expected.
 
 Output directories (every command with an ``--out DIR`` that it creates: finetune, eval,
 export-tasks, merge, init-small, export, export-onnx, convert, tokenizer fetch-gemma/train,
@@ -34,7 +35,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from mmbert.errors import MmbertError
 
@@ -75,19 +76,31 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
     return Path(path)
 
 
+def read_mapping(path: str | Path, what: str, *, fmt: str = "JSON",
+                 loads: Callable[[str], Any] = json.loads,
+                 errors: tuple[type[Exception], ...] = (json.JSONDecodeError,),
+                 missing: str = "no such file") -> dict[str, Any]:
+    """The mapping in a JSON (or, with ``fmt="YAML"``, ``loads=yaml.safe_load``,
+    ``errors=(yaml.YAMLError,)``, a YAML) file. A missing, unparsable or non-mapping file is one
+    error line naming the file and ``what`` was expected; ``missing`` words the first case."""
+    p = Path(path)
+    if not p.is_file():
+        raise MmbertError(f"{p}: {missing}; expected {what}")
+    try:
+        d = loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, *errors) as e:
+        msg = " ".join(str(e).split())  # YAML's messages span lines
+        raise MmbertError(f"{p}: not valid {fmt} ({msg}); expected {what}") from None
+    if not isinstance(d, dict):
+        noun = "object" if fmt == "JSON" else "mapping"
+        raise MmbertError(f"{p}: not a {fmt} {noun}; expected {what}")
+    return d
+
+
 def read_json(path: str | Path, what: str) -> dict[str, Any]:
     """The JSON object in ``path``; a missing, unreadable or non-object file is one error line
     naming the file and ``what`` was expected."""
-    p = Path(path)
-    if not p.is_file():
-        raise MmbertError(f"{p}: no such file; expected {what}")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MmbertError(f"{p}: not valid JSON ({e}); expected {what}") from None
-    if not isinstance(d, dict):
-        raise MmbertError(f"{p}: not a JSON object; expected {what}")
-    return d
+    return read_mapping(path, what)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
