@@ -63,3 +63,38 @@ def test_plan_needs_recipe_or_shards(capsys):
     assert main(["data", "plan", "--tau", "0.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--recipe" in err
+
+
+def test_replay_share(tmp_path, demo_shards):
+    """Replay languages get exactly replay_share of the tokens, tokens ** tau among themselves;
+    the loader and the plan use the same shares."""
+    import pytest
+
+    from mmbert.data.loader import MLMLoader
+    from mmbert.data.sampler import phase_probs
+    from mmbert.errors import MmbertError
+    from mmbert.recipe import recipe_from_dict
+
+    counts = ShardSet(demo_shards, "train").token_counts()
+    ranked = sorted(counts, key=lambda lang: -counts[lang])
+    new, replay = ranked[-3:], ranked[:5]
+    p = phase_probs({lang: counts[lang] for lang in new + replay}, 0.3, replay, 0.25)
+    assert abs(sum(p[lang] for lang in replay) - 0.25) < 1e-12
+    assert abs(sum(p[lang] for lang in new) - 0.75) < 1e-12
+    a, b = replay[0], replay[1]
+    assert abs(p[a] / p[b] - (counts[a] / counts[b]) ** 0.3) < 1e-9
+    ld = MLMLoader(demo_shards, languages=new + replay, tau=0.3, seq_len=64, batch_tokens=64,
+                   replay=replay, replay_share=0.25)
+    assert ld.probs == p
+    d = yaml.safe_load(_recipe(tmp_path / "r.yaml", demo_shards, 5.0).read_text())
+    d["phases"] = [{**d["phases"][0], "languages": new, "tau": 0.3,
+                    "replay_languages": replay, "replay_share": 0.25}]
+    write = tmp_path / "replay.yaml"
+    write.write_text(yaml.safe_dump(d))
+    shares = {s.lang: s.share for s in plan_recipe(load_recipe(write)).phases[0].languages}
+    assert shares == p
+    for bad, msg in (({"replay_share": 0.25}, "without replay_languages"),
+                     ({"replay_languages": replay, "replay_share": 1.0}, "replay_share")):
+        ph = {**d["phases"][0], "replay_languages": None, "replay_share": 0.0, **bad}
+        with pytest.raises(MmbertError, match=msg):
+            recipe_from_dict({**d, "phases": [ph]}, "r.yaml")

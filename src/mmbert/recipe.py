@@ -148,6 +148,11 @@ class PhaseConfig:
     batch_warmup_tokens: int = 0  # batch size grows linearly over these tokens ...
     batch_warmup_min_tokens: int = 0  # ... from this size (0 = micro_batch_tokens)
     reset_optimizer: bool = False  # fresh AdamW moments at the start of this phase
+    # replay: languages drawn with a fixed share of the phase's tokens (the rest goes to
+    # ``languages``; tau applies within each group), e.g. the base model's languages while
+    # adapting it to new ones
+    replay_languages: LanguageSpec | None = None
+    replay_share: float = 0.0
     variants: tuple[VariantConfig, ...] = ()
 
     def variant(self, name: str) -> "PhaseConfig":
@@ -251,7 +256,8 @@ class Recipe:
 
 _PHASE_FIELDS = tuple(f.name for f in fields(PhaseConfig))
 _NOT_INHERITED = ("name", "tokens", "warmup_tokens", "decay_tokens", "batch_warmup_tokens",
-                  "batch_warmup_min_tokens", "reset_optimizer", "variants")
+                  "batch_warmup_min_tokens", "reset_optimizer", "replay_languages",
+                  "replay_share", "variants")
 _REQUIRED_FIRST = ("tokens", "languages", "tau", "mask_ratio", "seq_len", "batch_tokens", "lr")
 
 
@@ -293,6 +299,18 @@ def _phase_schedule(raw: dict[str, Any], where: str, tokens: int, micro: int,
         _fail(w("final_lr_ratio"), final, "a positive ratio for decay_shape inverse-sqrt")
     return {"warmup_tokens": warmup, "decay_tokens": decay, "decay_shape": shape,
             "final_lr_ratio": final, "batch_warmup_tokens": bw, "batch_warmup_min_tokens": bmin}
+
+
+def _replay(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """``replay_languages`` and ``replay_share``: both set (share in (0, 1)) or neither."""
+    spec, share = raw["replay_languages"], raw["replay_share"]
+    if spec is None:
+        if share:
+            _fail(f"{where}.replay_share", share, "0 without replay_languages")
+        return {"replay_languages": None, "replay_share": 0.0}
+    return {"replay_languages": _languages(spec, f"{where}.replay_languages"),
+            "replay_share": _number(share, f"{where}.replay_share", 0, 1, lo_open=True,
+                                    hi_open=True)}
 
 
 def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
@@ -352,6 +370,7 @@ def _phase_from_dict(d: Any, where: str, index: int, prev: PhaseConfig | None,
         grad_clip=_number(raw["grad_clip"], w("grad_clip"), 0),
         **sched,
         reset_optimizer=_boolean(raw["reset_optimizer"], w("reset_optimizer")),
+        **_replay(raw, where),
         variants=vs,
     )
 

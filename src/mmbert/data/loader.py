@@ -28,7 +28,7 @@ import numpy as np
 
 from mmbert.data.masking import Masker
 from mmbert.data.packing import Packer
-from mmbert.data.sampler import document_probs, language_probs, select_languages
+from mmbert.data.sampler import document_probs, phase_probs, select_languages
 from mmbert.data.shards import ShardSet
 from mmbert.errors import MmbertError
 
@@ -62,14 +62,16 @@ class MLMLoader:
 
     ``languages``: ``"all"``, top-k int, or a list of codes; ``tau``: sampling exponent;
     ``seq_len``: row length; ``batch_tokens``: tokens per batch (``batch_tokens // seq_len``
-    full rows); ``mask_ratio``: MLM ratio of the phase. ``rank``/``world_size``: this process'
+    full rows); ``mask_ratio``: MLM ratio of the phase; ``replay``: those of ``languages`` that
+    get ``replay_share`` of the tokens (:func:`~mmbert.data.sampler.phase_probs`). ``rank``/``world_size``: this process'
     share of the data.
     """
 
     def __init__(self, shards_dir: str | Path, *, languages: str | int | Sequence[str] = "all",
                  tau: float = 0.7, seq_len: int = 1024, batch_tokens: int = 8192,
                  mask_ratio: float = 0.3, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 split: str = "train", as_torch: bool = True) -> None:
+                 split: str = "train", as_torch: bool = True, replay: Sequence[str] = (),
+                 replay_share: float = 0.0) -> None:
         if seq_len < 4:
             raise MmbertError(f"seq_len {seq_len}: expected at least 4")
         if batch_tokens < seq_len:
@@ -83,7 +85,7 @@ class MLMLoader:
         self.shards = ShardSet(shards_dir, split)
         self.languages: list[str] = select_languages(self.shards, languages)
         counts = {lang: self.shards.num_tokens(lang) for lang in self.languages}
-        self.probs = language_probs(counts, tau)
+        self.probs = phase_probs(counts, tau, replay, replay_share)
         mean_len = {lang: counts[lang] / self.shards.num_docs(lang) + 2 for lang in self.languages}
         q = document_probs(self.probs, mean_len)
         self._cdf = np.cumsum([q[lang] for lang in self.languages])

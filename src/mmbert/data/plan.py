@@ -5,7 +5,8 @@ Epochs add up along the line of phases a model sees: the trunk's phases in order
 decay variant on top of the trunk. A language whose total goes above the recipe's
 ``epoch_cap`` (default 5, what the mmBERT paper aims at) is flagged: its text would be
 memorised rather than learned from. Shares follow the sampler exactly
-(:func:`mmbert.data.sampler.language_probs` over the phase's languages, tau), so the plan is
+(:func:`mmbert.data.sampler.phase_probs`: tau over the phase's languages, and a fixed share for
+its replay languages), so the plan is
 what ``mmbert pretrain`` will draw, up to packing.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmbert.data.sampler import epochs, language_probs, select_languages
+from mmbert.data.sampler import epochs, phase_probs, select_languages
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,14 @@ class RecipePlan:
 
 def _phase_plan(ss, phase, variant: str | None, before: dict[str, float]) -> PhasePlan:
     langs = select_languages(ss, phase.languages)
-    counts = {lang: ss.num_tokens(lang) for lang in langs}
-    p = language_probs(counts, phase.tau)
+    replay = [lang for lang in (select_languages(ss, phase.replay_languages)
+                                if phase.replay_languages is not None else [])
+              if lang not in set(langs)]
+    counts = {lang: ss.num_tokens(lang) for lang in langs + replay}
+    p = phase_probs(counts, phase.tau, replay, phase.replay_share)
     ep = epochs(counts, p, phase.tokens)
     shares = tuple(LanguageShare(lang, counts[lang], p[lang], phase.tokens * p[lang], ep[lang],
-                                 before.get(lang, 0.0) + ep[lang]) for lang in langs)
+                                 before.get(lang, 0.0) + ep[lang]) for lang in counts)
     return PhasePlan(phase.name, variant, phase.tokens, phase.tau, shares)
 
 

@@ -83,6 +83,24 @@ def language_probs(token_counts: dict[str, int], tau: float) -> dict[str, float]
     return {lang: float(p) for lang, p in zip(langs, w)}
 
 
+def phase_probs(token_counts: dict[str, int], tau: float, replay: Sequence[str] = (),
+                replay_share: float = 0.0) -> dict[str, float]:
+    """p(lang) of a phase: tokens ** tau within the phase's languages; with ``replay`` (a subset
+    of them), those get ``replay_share`` of the tokens in all, tokens ** tau among themselves."""
+    rep = [lang for lang in token_counts if lang in set(replay)]
+    if not rep:
+        return language_probs(token_counts, tau)
+    main = [lang for lang in token_counts if lang not in set(rep)]
+    if not main:
+        raise MmbertError("replay: every language of the phase is a replay language; expected "
+                          "new languages besides them")
+    p = language_probs({lang: token_counts[lang] for lang in main}, tau)
+    r = language_probs({lang: token_counts[lang] for lang in rep}, tau)
+    mixed = {**{k: (1 - replay_share) * v for k, v in p.items()},
+             **{k: replay_share * v for k, v in r.items()}}
+    return {lang: mixed[lang] for lang in token_counts}
+
+
 def document_probs(probs: dict[str, float], mean_doc_tokens: dict[str, float]) -> dict[str, float]:
     """Per-document draw probabilities whose expected token shares equal ``probs``."""
     q = {lang: p / max(mean_doc_tokens[lang], 1e-9) for lang, p in probs.items()}

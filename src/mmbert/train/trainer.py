@@ -142,6 +142,7 @@ class Prepared:
     vocab_size: int | None
     special_ids: dict[str, int]
     shard_vocab_size: int = 0
+    replay: dict[tuple[int, str | None], list[str]] = field(default_factory=dict)
 
 
 def _resolve_languages(shardset: Any, spec: Any, where: str, manifest: Path) -> list[str]:
@@ -167,6 +168,19 @@ def _resolve_languages(shardset: Any, spec: Any, where: str, manifest: Path) -> 
     return langs
 
 
+def _phase_languages(shardset: Any, phase: PhaseConfig, where: str,
+                     manifest: Path) -> tuple[list[str], list[str]]:
+    """(every language the phase draws from, the replay ones among them): the phase's
+    languages, then its replay languages not among those."""
+    langs = _resolve_languages(shardset, phase.languages, f"{where}.languages", manifest)
+    if phase.replay_languages is None:
+        return langs, []
+    replay = [lang for lang in _resolve_languages(shardset, phase.replay_languages,
+                                                  f"{where}.replay_languages", manifest)
+              if lang not in set(langs)]
+    return langs + replay, replay
+
+
 def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
     """Check shards, languages, tokenizer and variant names; raise MmbertError on bad input."""
     shards = Path(recipe.shards)
@@ -181,15 +195,13 @@ def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
 
     shardset = ShardSet(shards, split="train")
     langs: dict[tuple[int, str | None], list[str]] = {}
+    replay: dict[tuple[int, str | None], list[str]] = {}
     for i, ph in enumerate(recipe.phases):
-        where = f"{recipe.source}: phases[{i}].languages"
-        if ph.variants:
-            for j, v in enumerate(ph.variants):
-                langs[(i, v.name)] = _resolve_languages(
-                    shardset, ph.variant(v.name).languages,
-                    f"{recipe.source}: phases[{i}].variants[{j}].languages", manifest)
-        else:
-            langs[(i, None)] = _resolve_languages(shardset, ph.languages, where, manifest)
+        where = f"{recipe.source}: phases[{i}]"
+        for j, v in enumerate(ph.variants or [None]):
+            key, phase = (i, v.name if v else None), ph.variant(v.name) if v else ph
+            langs[key], replay[key] = _phase_languages(
+                shardset, phase, f"{where}.variants[{j}]" if v else where, manifest)
     tok = None
     vocab = None
     special: dict[str, int] = {}
@@ -212,7 +224,7 @@ def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
     if tok is not None and shard_fp and shard_fp != tok.fingerprint():
         raise MmbertError(f"{manifest}: shards were made with another tokenizer ({shard_fp}) "
                           f"than {recipe.tokenizer} ({tok.fingerprint()}); expected the same")
-    return Prepared(langs, tok, vocab, special, shardset.vocab_size)
+    return Prepared(langs, tok, vocab, special, shardset.vocab_size, replay)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +391,7 @@ class Trainer:
 
     # -- one phase ----------------------------------------------------------------------------
     def make_loaders(self, phase: PhaseConfig, langs: list[str], seed: int,
-                     states: dict[str, Any] | None) -> dict[int, Any]:
+                     states: dict[str, Any] | None, replay: list[str] = ()) -> dict[int, Any]:
         from mmbert.data.loader import MLMLoader
 
         W, r = self.env.world_size, self.env.rank
@@ -393,7 +405,8 @@ class Trainer:
             slot = a * W + r
             ld = MLMLoader(self.recipe.shards, languages=langs, tau=phase.tau,
                            seq_len=phase.seq_len, batch_tokens=phase.micro_batch_tokens,
-                           mask_ratio=phase.mask_ratio, seed=seed, rank=slot, world_size=A * W)
+                           mask_ratio=phase.mask_ratio, seed=seed, rank=slot, world_size=A * W,
+                           replay=replay, replay_share=phase.replay_share)
             if states is not None:
                 ld.load_state_dict(states[str(slot)])
             loaders[slot] = ld
@@ -408,7 +421,7 @@ class Trainer:
         if phase.reset_optimizer and state.phase_tokens == 0:
             self.opt.state.clear()
         loaders = self.make_loaders(phase, langs, data_seed(self.recipe.seed, phase.name, variant),
-                                    data_states)
+                                    data_states, self.prep.replay.get((pi, variant), []))
         n_lang = len(langs)
         recent: list[float] = []
         self.model.train()
