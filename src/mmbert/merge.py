@@ -2,8 +2,9 @@
 
 Everything here works on transformers-layout directories (``config.json`` + ``model.safetensors``
 or a sharded ``model.safetensors.index.json``) and never builds a model: tensors are read lazily
-with ``safetensors.safe_open``, one tensor (or one block of rows) at a time, and the output
-``model.safetensors`` is streamed to disk tensor by tensor. Peak memory is a small multiple of
+(:class:`mmbert.safetensors_dir.SafetensorsDir`), one tensor (or one block of rows) at a time,
+and the output ``model.safetensors`` is streamed to disk tensor by tensor
+(:class:`mmbert.safetensors_dir.SafetensorsStream`). Peak memory is a small multiple of
 the largest single tensor (the 256k x 768 embedding), not of the model.
 
 TIES-merging (Yadav et al. 2023, arXiv 2306.01708), per tensor, with task vectors
@@ -76,7 +77,7 @@ _IGNORED_FIELDS = {"embedding_dropout", "attention_dropout", "mlp_dropout", "cla
 
 
 # =============================================================================================
-# Reading and writing checkpoint directories
+# Input and output directories (read with mmbert.safetensors_dir)
 # =============================================================================================
 
 class Checkpoint(SafetensorsDir):
