@@ -1,6 +1,8 @@
 """`mmbert data plan --recipe`: per-phase shares and epochs of a whole recipe, summed along the
 trunk and each decay variant, with over-repeated languages flagged."""
 
+import json
+
 import yaml
 
 from mmbert.cli import main
@@ -93,6 +95,8 @@ def test_replay_share(tmp_path, demo_shards):
     write.write_text(yaml.safe_dump(d))
     shares = {s.lang: s.share for s in plan_recipe(load_recipe(write)).phases[0].languages}
     assert shares == p
+    plain = load_recipe(write).to_dict()  # as a run's recipe.json holds it (resume compares)
+    assert json.loads(json.dumps(plain)) == plain
     for bad, msg in (({"replay_share": 0.25}, "without replay_languages"),
                      ({"replay_languages": replay, "replay_share": 1.0}, "replay_share")):
         ph = {**d["phases"][0], "replay_languages": None, "replay_share": 0.0, **bad}

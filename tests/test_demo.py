@@ -239,3 +239,26 @@ def test_demo_end_to_end_in_two_processes(demo_corpus: Path, tmp_path: Path, cap
                  "phases.1.tokens=4k", "--set", "phases.2.tokens=2k"]) == 0
     assert (out / "run" / "metrics.jsonl").read_text().count("\n") == steps
     assert "training in 2 processes failed (torchrun exit 1)" in capfd.readouterr().out
+    # the adaptation step on the finished demo: 40 unseen languages, extended tokenizer, a
+    # short decay with replay, before/after scores on the same positions and texts
+    assert main(["demo", "--out", str(out), "--procs", "2", "--adapt", "--vocab-size", "1024",
+                 "--set", "phases.0.tokens=6k", "--set", "phases.1.tokens=4k", "--set",
+                 "phases.2.tokens=2k", "--adapt-set", "phases.0.tokens=3k"]) == 0
+    a = json.loads((out / "adapt" / "results.json").read_text())
+    assert len(a["new"]) == 40 and not set(a["new"]) & set(a["old"])
+    assert set(a["new"]) <= set(a["mlm"]["adapted"]) == set(a["mlm"]["start"]) \
+        == set(a["mlm"]["unigram"]) == set(a["mlm"]["random init"])
+    assert a["fertility"]["vocab_size_after"] % 64 == 0 and a["added"] >= 256
+    assert a["summary"]["gains"]["mlm new"]["n"] == 40 and a["summary"]["gains"]["udhr new"]["n"]
+    text = (out / "adapt" / "report.md").read_text()
+    assert "## Held-out MLM accuracy" in text and "| new (40) |" in text
+    assert (out / "adapt" / "adapt_mlm.png").is_file()
+
+
+def test_paired_gain_by_hand() -> None:
+    from mmbert.demo.adapt import paired_gain
+
+    g = paired_gain({"a": 0.1, "b": 0.2, "c": 0.3, "x": 0.9}, {"a": 0.2, "b": 0.4, "c": 0.3})
+    # differences 0.1, 0.2, 0.0: mean 0.1, sample sd 0.1, se 0.1 / sqrt(3)
+    assert g.n == 3 and abs(g.mean - 0.1) < 1e-12 and abs(g.se - 0.1 / 3 ** 0.5) < 1e-12
+    assert abs(g.z - 3 ** 0.5) < 1e-9 and abs(g.before - 0.2) < 1e-12

@@ -217,6 +217,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=40, help="rows to print (0: all)")
     p.set_defaults(func=_cmd_plan)
 
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     tk = sub.add_parser("tokenizer", help="fetch the Gemma 2 tokenizer, train our own, or "
                         "extend one")
     tsub = tk.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
@@ -625,10 +627,23 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
 # === demo =====================================================================================
 
 def _cmd_demo(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from mmbert.demo import run_demo
 
-    run_demo(a.out, recipe=a.recipe, overrides=tuple(a.set), vocab_size=a.vocab_size,
-             density=a.density, procs=a.procs, eval_tokens=a.eval_tokens)
+    out = Path(a.out)
+    if not (a.adapt and (out / "results.json").is_file()):  # --adapt on a finished demo: skip
+        run_demo(out, recipe=a.recipe, overrides=tuple(a.set), vocab_size=a.vocab_size,
+                 density=a.density, procs=a.procs, eval_tokens=a.eval_tokens)
+    if a.adapt:
+        from mmbert.demo.adapt import run_adapt
+        from mmbert.demo.pipeline import default_procs
+        from mmbert.recipe import load_recipe
+
+        rec = load_recipe(a.recipe, [f"shards={out / 'shards'}", f"tokenizer={out / 'tokenizer'}",
+                                     *a.set])
+        run_adapt(out, rec, recipe=a.adapt_recipe, overrides=tuple(a.adapt_set),
+                  procs=a.procs or default_procs())
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -645,6 +660,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "core, at most 2; 1 = train in this process)")
     p.add_argument("--eval-tokens", type=int, default=512,
                    help="held-out tokens scored per language and model")
+    p.add_argument("--adapt", action="store_true",
+                   help="then teach the demo's pre-decay model 40 languages it never saw "
+                        "(tokenizer extension + a decay phase with replay): OUT/adapt/report.md")
+    p.add_argument("--adapt-recipe", default="configs/adapt-decay.yaml")
+    p.add_argument("--adapt-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override in the adaptation recipe (repeatable)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -657,8 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_foundation, _add_data, _add_training, _add_merging, _add_tasks,
-                _add_inference, _add_demo):
+    for add in (_add_foundation, _add_data, _add_tokenizer, _add_training, _add_merging,
+                _add_tasks, _add_inference, _add_demo):
         add(sub)
     return parser
 

@@ -209,21 +209,14 @@ def hf_config(flex: dict[str, Any], source: str) -> dict[str, Any]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A FlexBERT training YAML or a JSON file -> its model_config mapping."""
-    p = Path(path)
-    if p.suffix == ".json":
-        from mmbert.outputs import read_json
+    import yaml
 
-        raw = read_json(p, "a FlexBERT model_config (JSON)")
-    else:
-        import yaml
+    from mmbert.outputs import read_mapping
 
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise MmbertError(f"{p}: no such file; expected a FlexBERT training YAML") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise MmbertError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return flexbert_model_config(raw, str(p))
+    what = "a FlexBERT training YAML or a JSON model_config"
+    raw = (read_mapping(path, what) if Path(path).suffix == ".json" else
+           read_mapping(path, what, fmt="YAML", loads=yaml.safe_load, errors=(yaml.YAMLError,)))
+    return flexbert_model_config(raw, str(path))
 
 
 def composer_model(checkpoint: str | Path, config: str | Path, *,
@@ -275,17 +268,14 @@ def convert_composer(checkpoint: str | Path, config: str | Path, out: str | Path
     """Write a Composer/FlexBERT checkpoint as a transformers ModernBERT directory (fp32 weights
     as trained; the tokenizer's files come along when ``tokenizer`` is given). Optimizer state
     is not carried over."""
-    import shutil
-
-    from mmbert.hf import TOKENIZER_FILES
     from mmbert.outputs import OutputDir
+    from mmbert.safetensors_dir import copy_tokenizer
 
     od = OutputDir(out, overwrite=overwrite)
     od.check()
     model = composer_model(checkpoint, config, tokenizer=tokenizer)
     with od as tmp:
         model.save_pretrained(tmp)
-        for name in TOKENIZER_FILES if tokenizer else ():
-            if (Path(tokenizer) / name).is_file():
-                shutil.copyfile(Path(tokenizer) / name, tmp / name)
+        if tokenizer:
+            copy_tokenizer(Path(tokenizer), tmp)
     return Path(out)

@@ -242,8 +242,9 @@ class Recipe:
         d.pop("source")
         d["phases"] = list(d["phases"])
         for p in d["phases"]:
-            if isinstance(p["languages"], tuple):
-                p["languages"] = list(p["languages"])
+            for key in ("languages", "replay_languages"):
+                if isinstance(p[key], tuple):
+                    p[key] = list(p[key])
             p["variants"] = list(p["variants"])
             for v in p["variants"]:
                 if isinstance(v["languages"], tuple):
@@ -547,15 +548,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML recipe, apply ``--set`` overrides, validate; errors name the file and field."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise MmbertError(f"{p}: no such recipe file; expected a YAML recipe (see configs/)")
-    try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        msg = " ".join(str(e).split())
-        raise MmbertError(f"{p}: not valid YAML ({msg})") from None
-    if not isinstance(d, dict):
-        raise MmbertError(f"{p}: expected a YAML mapping with 'shards' and 'phases'")
+    from mmbert.outputs import read_mapping
+
+    d = read_mapping(path, "a YAML recipe with 'shards' and 'phases' (see configs/)", fmt="YAML",
+                     loads=yaml.safe_load, errors=(yaml.YAMLError,),
+                     missing="no such recipe file")
     d = apply_overrides(d, list(overrides))
-    return recipe_from_dict(d, source=str(p))
+    return recipe_from_dict(d, source=str(path))

@@ -158,12 +158,6 @@ class Manifest:
                    m.get("version", 1), m.get("replacements"), m.get("replacements_this_run"))
 
 
-def read_manifest(shards: str | Path) -> dict[str, Any]:
-    """``manifest.json`` as a plain dict (the layout of :meth:`Manifest.to_dict`); prefer
-    :meth:`Manifest.read`."""
-    return Manifest.read(shards).to_dict()
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +165,7 @@ def read_manifest(shards: str | Path) -> dict[str, Any]:
 class ShardSet:
     """Read access to one split of a shard directory (memory-mapped).
 
-    ``record`` is the typed :class:`Manifest`; ``manifest`` the same as a plain dict."""
+    ``record`` is the typed :class:`Manifest`."""
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
         if split not in SPLITS:
@@ -179,7 +173,6 @@ class ShardSet:
         self.path = Path(path)
         self.split = split
         self.record = Manifest.read(self.path)
-        self.manifest = self.record.to_dict()
         tok = self.record.tokenizer
         self.vocab_size: int = tok.vocab_size
         self.pad_id, self.eos_id, self.bos_id = tok.pad_id, tok.eos_id, tok.bos_id

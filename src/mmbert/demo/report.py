@@ -102,7 +102,7 @@ def _fill_mask_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 @contextmanager
-def _figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[Any]:
+def figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[Any]:
     """A figure with ``ncols`` axes (one: the axes itself), saved to ``path`` at the end."""
     import matplotlib.pyplot as plt
 
@@ -113,7 +113,7 @@ def _figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterato
     plt.close(fig)
 
 
-def _titles(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+def titles(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -124,7 +124,7 @@ def _curve_plot(path: Path, r: dict[str, Any]) -> None:
     """Held-out accuracy against tokens seen, one panel per tier, baselines drawn in."""
     tm, models = r["tier_means"], RunModels.from_json(r["models"])
     trunk = models.trunk
-    with _figure(path, (13, 4), len(TIERS)) as axes:
+    with figure(path, (13, 4), len(TIERS)) as axes:
         for ax, t in zip(axes, TIERS):
             ax.plot([p.tokens for p in trunk], [tm[p.name][t] for p in trunk], "o-",
                     color="k", label="trunk (pre/mid-training)")
@@ -145,23 +145,23 @@ def _curve_plot(path: Path, r: dict[str, Any]) -> None:
 
 
 def _loss_plot(path: Path, curves: dict[str, list]) -> None:
-    with _figure(path, (8, 4.5)) as ax:
+    with figure(path, (8, 4.5)) as ax:
         for name, pts in curves.items():
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, _smooth(list(ys)), label=name, lw=1.2)
-        _titles(ax, "tokens seen", "MLM loss (running mean of 9 steps)",
+        titles(ax, "tokens seen", "MLM loss (running mean of 9 steps)",
                 "Training loss per phase (each phase has its own mask ratio)")
 
 
 def _sampling_plot(path: Path, sampling: dict[str, dict[str, float]]) -> None:
-    with _figure(path, (8, 4.5)) as ax:
+    with figure(path, (8, 4.5)) as ax:
         for name, probs in sampling.items():
             ps = sorted(probs.values(), reverse=True)
             ax.plot(range(1, len(ps) + 1), ps, label=f"{name} ({len(ps)} langs)", lw=1.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _titles(ax, "language rank (by corpus size)", "sampling probability  p ∝ n^tau",
+        titles(ax, "language rank (by corpus size)", "sampling probability  p ∝ n^tau",
                 "Language sampling per phase: cascade and temperature annealing")
 
 
@@ -172,7 +172,7 @@ def _per_language_plot(path: Path, r: dict[str, Any]) -> None:
     order = sorted(sizes, key=lambda lang: -sizes[lang])
     shown = [models.baseline("random"), models.baseline("unigram"), *models.trunk_ends,
              models.merged]
-    with _figure(path, (10, 4.8)) as ax:
+    with figure(path, (10, 4.8)) as ax:
         for p in shown:
             ys = [mlm[p.name].get(lang, {}).get("accuracy", math.nan) for lang in order]
             ax.plot(range(len(order)), _smooth(ys, 15), label=p.name, lw=1.3,
@@ -180,7 +180,7 @@ def _per_language_plot(path: Path, r: dict[str, Any]) -> None:
         for i, lang in enumerate(order):
             if tier[lang] == TIERS[2]:
                 ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.05, lw=0)
-        _titles(ax, "languages sorted by training tokens (shaded: seen only in the decay phase)",
+        titles(ax, "languages sorted by training tokens (shaded: seen only in the decay phase)",
                 "held-out MLM accuracy (mask token)",
                 "Held-out MLM accuracy per language (running mean of 15)")
 

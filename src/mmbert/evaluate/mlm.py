@@ -116,9 +116,9 @@ def heldout_documents(data: str | Path, languages: Sequence[str] | None, split: 
     """Token documents per language: from a shards directory (``manifest.json``) or a corpus
     directory (``corpus.json``; text tokenised with ``tokenizer``)."""
     p = Path(data)
-    if (p / "manifest.json").is_file():
-        from mmbert.data.shards import ShardSet
+    from mmbert.data.shards import MANIFEST, ShardSet
 
+    if (p / MANIFEST).is_file():
         ss = ShardSet(p, split=split)
         langs = list(languages) if languages is not None else list(ss.languages)
         return {l: [ss.doc(l, i) for i in range(ss.num_docs(l))] for l in langs
@@ -144,10 +144,10 @@ def check_shards_tokenizer(shards: str | Path, config, tokenizer_dir: str | Path
     """Shards made with another vocabulary would score garbage: refuse them in one line."""
     import warnings
 
-    from mmbert.data.shards import read_manifest
+    from mmbert.data.shards import Manifest
 
-    info = read_manifest(shards).get("tokenizer", {})
-    n = info.get("vocab_size")
+    info = Manifest.read(shards).tokenizer
+    n = info.vocab_size
     if isinstance(n, int) and n > config.vocab_size:
         raise MmbertError(f"{shards}: shards use a {n}-token vocabulary but the model's "
                           f"vocab_size is {config.vocab_size}; expected shards made with the "
@@ -162,7 +162,7 @@ def check_shards_tokenizer(shards: str | Path, config, tokenizer_dir: str | Path
                           "tokenizer")
     from mmbert.tokenizer import load_tokenizer
 
-    fp = info.get("fingerprint")
+    fp = info.fingerprint
     if fp and fp != load_tokenizer(tt.source).fingerprint():
         warnings.warn(f"{shards}: tokenizer fingerprint {fp} differs from the model's "
                       f"tokenizer.json; MLM accuracy assumes the same vocabulary", stacklevel=3)
@@ -315,7 +315,9 @@ def heldout_mlm(model_dir_or_model, data: str | Path, split: str = "heldout", *,
     directory; ``kwargs`` go to :class:`HeldoutMlm`."""
     model, mdir = _load(model_dir_or_model)
     tok = None
-    if (Path(data) / "manifest.json").is_file():
+    from mmbert.data.shards import MANIFEST
+
+    if (Path(data) / MANIFEST).is_file():
         check_shards_tokenizer(data, model.config, tokenizer_dir or mdir)
     elif (Path(data) / "corpus.json").is_file():
         tok = load_text_tokenizer(tokenizer_dir or mdir, model.config)

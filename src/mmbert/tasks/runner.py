@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from mmbert.hf import TOKENIZER_FILES
+from mmbert.safetensors_dir import copy_tokenizer
 from mmbert.outputs import OutputDir, write_json
 from mmbert.text import TextTokenizer, load_text_tokenizer
 
@@ -121,9 +120,7 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path,
     s = Path(src)
     s = s if s.is_dir() else s.parent
     d = Path(dst)
-    for name in TOKENIZER_FILES:
-        if (s / name).is_file():
-            shutil.copyfile(s / name, d / name)
+    copy_tokenizer(s, d)
     if tt is None or not (d / "tokenizer.json").is_file():
         return
     from tokenizers import Tokenizer

@@ -48,7 +48,7 @@ from mmbert.config import IGNORE_INDEX
 from mmbert.recipe import PhaseConfig, Recipe, recipe_from_dict
 from mmbert.errors import MmbertError
 from mmbert.outputs import OutputDir, read_json, write_json
-from mmbert.train import checkpoint as ckpt
+import mmbert.train.checkpoint as ckpt
 from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
                                       broadcast_object, full_tensor, grad_sync, init_distributed,
                                       is_dtensor, shard_like, shutdown, wrap_model)
@@ -183,16 +183,16 @@ def _phase_languages(shardset: Any, phase: PhaseConfig, where: str,
 
 def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
     """Check shards, languages, tokenizer and variant names; raise MmbertError on bad input."""
+    from mmbert.data.shards import MANIFEST, ShardSet
+
     shards = Path(recipe.shards)
-    manifest = shards / "manifest.json"
+    manifest = shards / MANIFEST
     if not manifest.is_file():
         raise MmbertError(f"{recipe.source}: shards = {recipe.shards!r}: no {manifest}; expected a "
-                          f"directory written by `mmbert shard`")
+                          f"directory written by `mmbert data prepare`")
     if variant is not None and variant not in recipe.variant_names:
         raise MmbertError(f"--variant {variant!r}: not a variant of {recipe.source}; expected one "
                           f"of {list(recipe.variant_names)}")
-    from mmbert.data.shards import ShardSet
-
     shardset = ShardSet(shards, split="train")
     langs: dict[tuple[int, str | None], list[str]] = {}
     replay: dict[tuple[int, str | None], list[str]] = {}
@@ -220,7 +220,7 @@ def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
         raise MmbertError(f"{manifest}: vocab_size {shardset.vocab_size} is larger than the "
                           f"model's {mcfg.vocab_size}; expected shards made with the recipe's "
                           f"tokenizer")
-    shard_fp = shardset.manifest.get("tokenizer", {}).get("fingerprint")
+    shard_fp = shardset.record.tokenizer.fingerprint
     if tok is not None and shard_fp and shard_fp != tok.fingerprint():
         raise MmbertError(f"{manifest}: shards were made with another tokenizer ({shard_fp}) "
                           f"than {recipe.tokenizer} ({tok.fingerprint()}); expected the same")
