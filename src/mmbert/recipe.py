@@ -22,6 +22,7 @@ from mmbert.errors import MmbertError
 
 DECAY_SHAPES = ("linear", "1-sqrt", "cosine", "inverse-sqrt")
 PRECISIONS = ("auto", "bf16", "fp32")
+NONFINITE = ("stop", "skip", "rollback")  # Recipe.on_nonfinite
 OPTIMIZERS = ("adamw", "stableadamw")
 STRATEGIES = ("ddp", "fsdp")
 _SUFFIXES = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -214,6 +215,11 @@ class Recipe:
     # `mmbert data plan` flags a language whose text is repeated more often than this (epochs
     # summed over the phases a model sees); the paper keeps every language at 5 or fewer
     epoch_cap: float = 5.0
+    # a step whose loss or gradient is NaN/inf: stop (one error line, last checkpoint intact),
+    # skip (no update from that batch) or rollback (back to the branch's newest checkpoint, on
+    # the next batches); see docs/reliability.md. stop by default: a non-finite step is a
+    # finding about the recipe or the data, and the other two change what the run computes
+    on_nonfinite: str = "stop"
     source: str = "recipe"  # where it was read from, for messages
 
     def model_config(self, vocab_size: int | None = None, **special_ids: int) -> ModelConfig:
@@ -428,7 +434,7 @@ def _optimizer(o: Any, source: str) -> OptimizerConfig:
 
 
 _RECIPE_KEYS = ("name", "shards", "tokenizer", "seed", "model", "precision", "optimizer",
-                "distributed", "checkpoint", "log", "phases", "epoch_cap")
+                "distributed", "checkpoint", "log", "phases", "epoch_cap", "on_nonfinite")
 
 
 def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
@@ -453,6 +459,9 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
     strategy = d.get("distributed", top["distributed"])
     if strategy not in STRATEGIES:
         _fail(w("distributed"), strategy, f"one of {list(STRATEGIES)}")
+    on_nonfinite = d.get("on_nonfinite", top["on_nonfinite"])
+    if on_nonfinite not in NONFINITE:
+        _fail(w("on_nonfinite"), on_nonfinite, f"one of {list(NONFINITE)}")
     raw_phases = d.get("phases")
     if not isinstance(raw_phases, (list, tuple)) or not raw_phases:
         _fail(w("phases"), raw_phases, "a non-empty list of phases")
@@ -484,6 +493,7 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> Recipe:
         log=LogConfig(every_steps=_integer(lg["every_steps"], w("log.every_steps"), 1),
                       tensorboard=_boolean(lg["tensorboard"], w("log.tensorboard"))),
         epoch_cap=_number(d.get("epoch_cap", top["epoch_cap"]), w("epoch_cap"), 0, lo_open=True),
+        on_nonfinite=on_nonfinite,
         source=source,
     )
 

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from mmbert.errors import MmbertError
+from mmbert.outputs import WriteError, write_error
 from mmbert.train.records import FORMAT, TRAINER_JSON, TrainerRecord, read_trainer_record
 
 PREFIX = "step-"
@@ -128,18 +129,37 @@ def write_checkpoint(root: Path, step: int, *, write_model: Callable[[Path], Non
                      trainer_state: dict[str, Any], rank_states: list[dict[str, Any]],
                      keep_last: int) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (rank 0 only), then rotate.
-    ``trainer_state``: trainer.json's content (:meth:`TrainerRecord.to_json`)."""
-    from safetensors.torch import save_file
-
-    root.mkdir(parents=True, exist_ok=True)
+    ``trainer_state``: trainer.json's content (:meth:`TrainerRecord.to_json`). A full disk or
+    a read-only ``root`` is a :class:`~mmbert.outputs.WriteError` naming the checkpoint."""
     final = root / step_dir_name(step)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_step(root, step, tmp, final, write_model, optim_tensors, optim_meta,
+                    trainer_state, rank_states)
+    except BaseException as e:
+        # a failed write leaves no temporary directory; the checkpoints before it stay as
+        # they were (a SIGKILL cannot be caught: clean_temp removes its leftovers on resume)
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = write_error(final, e)
+        if err is None:
+            raise
+        raise WriteError(final, err.reason) from None
+    rotate(root, keep_last)
+    return final
+
+
+def _write_step(root: Path, step: int, tmp: Path, final: Path, write_model: Callable[[Path], None],
+                optim_tensors: dict[str, torch.Tensor], optim_meta: dict[str, Any],
+                trainer_state: dict[str, Any], rank_states: list[dict[str, Any]]) -> None:
+    from mmbert.safetensors_dir import save_file
+
     write_model(tmp / "model")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in optim_tensors.items()}
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
+    save_file(tensors, tmp / "optimizer.safetensors")
     _fault(step)
     _write_json(tmp / "optimizer.json", optim_meta)
     _write_json(tmp / TRAINER_JSON, {"format": FORMAT, **trainer_state})
@@ -159,8 +179,6 @@ def write_checkpoint(root: Path, step: int, *, write_model: Callable[[Path], Non
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp, final)
     _fsync_dir(root)
-    rotate(root, keep_last)
-    return final
 
 
 def _is_phase_end(path: Path) -> bool:

@@ -16,6 +16,12 @@ one :class:`StepRecord` per optimizer step, one JSON object per line, flushed pe
      "lr": .., "grad_norm": .., "batch_tokens": .., "masked_tokens": .., "micro_batches": ..,
      "tokens_per_s": .., "lang_loss": {lang: loss}}
 
+plus, only on the steps where the trainer met a non-finite loss or gradient (so the files of
+normal runs do not change), ``"nonfinite": "skip"`` (this step's update was skipped; its loss
+or grad_norm is null when non-finite) or ``"nonfinite": "rollback", "rolled_back_from": N``
+(the first step after the run went back to its newest checkpoint because step N was
+non-finite; the records of the discarded steps are dropped, as on resume).
+
 Readers accept lines with fields missing (they read as None): users and tests write partial
 records by hand. A line whose ``step`` is not an integer, or whose values do not convert, is not
 a step record (a run killed mid-write leaves a torn last line) and is skipped.
@@ -24,6 +30,7 @@ a step record (a run killed mid-write leaves a torn last line) and is skipped.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -143,6 +150,8 @@ class StepRecord:
     micro_batches: int | None = None
     tokens_per_s: float | None = None
     lang_loss: dict[str, float] | None = None
+    nonfinite: str | None = None  # "skip" | "rollback": written only when set
+    rolled_back_from: int | None = None  # with "rollback": the non-finite step
 
     @property
     def label(self) -> str:
@@ -156,7 +165,10 @@ class StepRecord:
                 "masked_tokens": self.masked_tokens, "micro_batches": self.micro_batches,
                 "tokens_per_s": _round(self.tokens_per_s, 1),
                 "lang_loss": None if self.lang_loss is None
-                else {k: round(v, 5) for k, v in self.lang_loss.items()}}
+                else {k: round(v, 5) for k, v in self.lang_loss.items() if math.isfinite(v)},
+                **({"nonfinite": self.nonfinite} if self.nonfinite else {}),
+                **({"rolled_back_from": self.rolled_back_from}
+                   if self.rolled_back_from is not None else {})}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "StepRecord | None":
@@ -166,6 +178,7 @@ class StepRecord:
         conv = {"tokens": int, "phase_tokens": int, "loss": float, "lr": float,
                 "grad_norm": float, "batch_tokens": int, "masked_tokens": int,
                 "micro_batches": int, "tokens_per_s": float, "phase": str, "variant": str,
+                "nonfinite": str, "rolled_back_from": int,
                 "lang_loss": lambda v: {str(k): float(x) for k, x in v.items()}}
         try:
             vals = {k: f(d[k]) for k, f in conv.items() if d.get(k) is not None}
@@ -175,7 +188,8 @@ class StepRecord:
 
 
 def _round(v: float | None, nd: int) -> float | None:
-    return None if v is None else round(v, nd)
+    """``v`` rounded; None for None and for NaN/inf (which strict JSON has no words for)."""
+    return None if v is None or not math.isfinite(v) else round(v, nd)
 
 
 def _is_step(d: Mapping[str, Any]) -> bool:
@@ -209,6 +223,13 @@ class StepLog:
         elif resume_step is None and path.exists():
             path.unlink()
         self.f = open(path, "a", encoding="utf-8")
+
+    def rewind(self, step: int) -> None:
+        """Drop the lines after ``step`` (the run went back to its checkpoint of that step)."""
+        self.f.close()
+        write_jsonl(self.path, [r for r in read_jsonl(self.path)
+                                if _is_step(r) and r["step"] <= step])
+        self.f = open(self.path, "a", encoding="utf-8")
 
     def write(self, rec: StepRecord) -> dict[str, Any]:
         """Append ``rec``; returns the JSON object written."""

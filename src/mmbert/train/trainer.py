@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import shutil
 import sys
@@ -54,7 +55,8 @@ from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_su
                                       is_dtensor, shard_like, shutdown, wrap_model)
 from mmbert.train.optim import build_optimizer, set_hparams
 from mmbert.train.records import (METRICS, StepLog, StepRecord, TrainerRecord, TrainState,
-                                  read_trainer_record)
+                                  branch_label, read_trainer_record)
+from mmbert.train.runlock import RunLock
 from mmbert.train.schedule import accum_steps, lr_factor, max_accum_steps
 
 
@@ -115,8 +117,10 @@ def data_seed(seed: int, phase: str, variant: str | None) -> int:
 
 
 def _recipe_key(d: dict[str, Any]) -> dict[str, Any]:
-    """What must not change on resume (locations, cadence and logging may)."""
-    return {k: v for k, v in d.items() if k not in ("shards", "tokenizer", "checkpoint", "log")}
+    """What must not change on resume (locations, cadence, logging and the non-finite policy
+    may: a run stopped by a NaN is resumed with ``on_nonfinite: skip`` or ``rollback``)."""
+    return {k: v for k, v in d.items()
+            if k not in ("shards", "tokenizer", "checkpoint", "log", "on_nonfinite")}
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -129,6 +133,37 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
             if x != y:
                 return _first_difference(x, y, f"{path}[{i}]")
     return f"{path}: {a!r} in the run, {b!r} now"
+
+
+# Test hook: make the loss (``STEP``) or one gradient (``STEP:grad``) NaN/inf the first time this
+# process computes step STEP; a comma-separated list for several steps.
+FAULT_NONFINITE_ENV = "MMBERT_FAULT_NONFINITE"
+# stop anyway after this many non-finite steps with no checkpoint written in between (a run that
+# keeps skipping, or keeps rolling back to the same checkpoint, is not getting anywhere)
+MAX_NONFINITE = 5
+
+
+def _fault_steps() -> dict[int, str]:
+    """{step: "loss" | "grad"} from ``MMBERT_FAULT_NONFINITE`` (empty when unset)."""
+    spec = os.environ.get(FAULT_NONFINITE_ENV, "").strip()
+    out: dict[int, str] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        step, _, kind = item.partition(":")
+        if not step.isdigit() or kind not in ("", "loss", "grad"):
+            raise MmbertError(f"{FAULT_NONFINITE_ENV} = {spec!r}: expected STEP[:loss|:grad], "
+                              f"comma-separated")
+        out[int(step)] = kind or "loss"
+    return out
+
+
+def _poison_grad(params: Any) -> None:
+    """Fault injection: +inf into the first element of the first gradient."""
+    for p in params:
+        if p.grad is not None:
+            g = p.grad.to_local() if is_dtensor(p.grad) else p.grad
+            if g.numel():
+                g.view(-1)[0] = math.inf
+                return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,6 +360,8 @@ class Trainer:
         self.steps_run = 0
         self.tokens_run = 0
         self.time_run = 0.0
+        self.faults = _fault_steps()
+        self.nonfinite_strikes = 0  # non-finite steps since the last checkpoint was written
 
     # -- checkpoints --------------------------------------------------------------------------
     def _write_model(self, path: Path) -> None:
@@ -364,6 +401,7 @@ class Trainer:
                                          rank_states=[{"rng": g["rng"]} for g in gathered],
                                          keep_last=self.recipe.checkpoint.keep_last)
         self._full_model_state = None
+        self.nonfinite_strikes = 0
         barrier(self.env)
         return path
 
@@ -422,13 +460,13 @@ class Trainer:
             self.opt.state.clear()
         loaders = self.make_loaders(phase, langs, data_seed(self.recipe.seed, phase.name, variant),
                                     data_states, self.prep.replay.get((pi, variant), []))
-        n_lang = len(langs)
         recent: list[float] = []
         self.model.train()
         amp = (torch.autocast(env.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else nullcontext())
         every = self.recipe.checkpoint.every_steps
         t_last = time.perf_counter()
+        rolled_back_from: int | None = None
         while state.phase_tokens < phase.tokens:
             n = accum_steps(phase, state.phase_tokens, W)
             batches = [next(loaders[a * W + env.rank]) for a in range(n)]
@@ -439,8 +477,18 @@ class Trainer:
             masked, step_tokens = int(counts[0]), int(counts[1])
             factor = lr_factor(phase, state.phase_tokens + step_tokens / 2)
             set_hparams(self.opt, phase.lr * factor, factor, phase.weight_decay)
-            lang_stats, gnorm = self._step(batches, masked, n_lang, phase.grad_clip, amp)
+            lang_stats, gnorm, bad = self._step(batches, masked, len(langs), phase.grad_clip,
+                                                amp, self.faults.pop(state.step + 1, None))
             step_loss = float(lang_stats[0].sum() / max(masked, 1))
+            if bad is not None:
+                action = self._nonfinite(state.step + 1, bad, step_loss, gnorm, phase, variant,
+                                         root)
+                if action == "rollback":
+                    bad_step, state = state.step + 1, self._rollback(pi, phase, root)
+                    if metrics is not None:
+                        metrics.rewind(state.step)
+                    rolled_back_from, t_last = bad_step, time.perf_counter()
+                    continue
             state.step += 1
             state.phase_steps += 1
             state.phase_tokens += step_tokens
@@ -450,14 +498,18 @@ class Trainer:
             self.steps_run += 1
             self.tokens_run += step_tokens
             self.time_run += dt
-            recent = (recent + [step_loss])[-10:]
+            if bad is None:
+                recent = (recent + [step_loss])[-10:]
             if env.is_main:
                 per_lang = {langs[i]: float(lang_stats[0, i] / lang_stats[1, i])
-                            for i in range(n_lang) if lang_stats[1, i] > 0}
+                            for i in range(len(langs)) if lang_stats[1, i] > 0}
                 self._log_step(metrics, bar, StepRecord(
                     state.step, phase.name, variant, state.tokens, state.phase_tokens,
                     step_loss, phase.lr * factor, gnorm, step_tokens, masked, n * W,
-                    step_tokens / max(dt, 1e-9), per_lang))
+                    step_tokens / max(dt, 1e-9), per_lang,
+                    "skip" if bad else "rollback" if rolled_back_from else None,
+                    rolled_back_from))
+            rolled_back_from = None
             done = state.phase_tokens >= phase.tokens
             if state.step % every == 0 and not done:
                 self.save(root, state, loaders, phase_end=False, phase=phase, variant=variant)
@@ -466,10 +518,48 @@ class Trainer:
         path = self.save(root, end_state, {}, phase_end=True, phase=phase, variant=variant)
         return end_state, path, recent
 
+    # -- non-finite steps ---------------------------------------------------------------------
+    def _nonfinite(self, step: int, what: str, loss: float, gnorm: float, phase: PhaseConfig,
+                   variant: str | None, root: Path) -> str:
+        """The recipe's answer to a non-finite ``step`` ("skip" or "rollback"); MmbertError for
+        ``stop`` and after MAX_NONFINITE non-finite steps without a checkpoint in between."""
+        policy = self.recipe.on_nonfinite
+        self.nonfinite_strikes += 1
+        detail = (f"step {step} ({branch_label(phase.name, variant)}): non-finite {what} "
+                  f"(loss {loss}, gradient norm {gnorm})")
+        if policy == "stop" or self.nonfinite_strikes > MAX_NONFINITE:
+            why = ("on_nonfinite: stop" if policy == "stop" else
+                   f"{MAX_NONFINITE} non-finite steps since the last checkpoint "
+                   f"(on_nonfinite: {policy})")
+            newest = ckpt.list_checkpoints(root)
+            raise MmbertError(f"{detail}; stopped ({why}) before the update, newest checkpoint "
+                              f"{newest[-1] if newest else 'none yet'} left intact; resume with "
+                              f"--resume, on_nonfinite: skip | rollback to go past it")
+        self.log(f"warning: {detail}; " + ("update skipped" if policy == "skip" else
+                                           "rolling back to the newest checkpoint"))
+        return policy
+
+    def _rollback(self, pi: int, phase: PhaseConfig, root: Path) -> TrainState:
+        """Weights, optimizer, RNG and schedule position from the newest intact checkpoint of
+        this phase under ``root``; the data loaders are left where they are."""
+        c = _latest(root, self.env, self.log)
+        if c is None or c.record.state.phase_index != pi:
+            raise MmbertError(f"on_nonfinite: rollback: no checkpoint of phase {phase.name!r} "
+                              f"under {root} to go back to; expected one written by "
+                              f"checkpoint.every_steps (or the previous phase's end)")
+        state = self.restore(c, rng=True)
+        if phase.reset_optimizer and state.phase_tokens == 0:
+            self.opt.state.clear()
+        self.log(f"rolled back to {c.path} (step {state.step}); training continues on the "
+                 f"next batches")
+        return state
+
     def _step(self, batches: list[Any], masked: int, n_lang: int, grad_clip: float,
-              amp: Any) -> tuple[torch.Tensor, float]:
+              amp: Any, fault: str | None = None) -> tuple[torch.Tensor, float, str | None]:
         """One optimizer step over the micro-batches (gradients synchronised on the last):
-        per-language (loss sums, token counts) over all ranks, and the gradient norm."""
+        per-language (loss sums, token counts) over all ranks, the gradient norm, and what was
+        non-finite ("loss" or "gradient", the same on every rank; None: the step was taken).
+        ``fault``: the test hook's "loss" or "grad" to poison."""
         env, W, n = self.env, self.env.world_size, len(batches)
         lang_stats = torch.zeros(2, n_lang, dtype=torch.float64)  # loss sums, token counts
         for a, b in enumerate(batches):
@@ -479,23 +569,35 @@ class Trainer:
                                  max_seqlen=b.max_seqlen, position_ids=b.position_ids.to(dev),
                                  labels=b.labels.to(dev))
                 loss = out.token_loss.sum() * (W / max(masked, 1))
+                if fault == "loss":
+                    loss = loss * math.nan
             loss.backward()
             tl = out.token_loss.detach().to("cpu", torch.float64)
             li = b.lang_ids.reshape(-1)[out.predict_positions.to("cpu")]
-            lang_stats[0].index_add_(0, li, tl)
+            lang_stats[0].index_add_(0, li, tl * math.nan if fault == "loss" else tl)
             lang_stats[1].index_add_(0, li, torch.ones_like(tl))
+        if fault == "grad":
+            _poison_grad(self.raw.parameters())
         max_norm = grad_clip if grad_clip > 0 else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
         gnorm = float(full_tensor(gnorm)) if is_dtensor(gnorm) else float(gnorm)
-        self.opt.step()
+        # one all-reduce for the statistics and the ranks' verdicts on their gradient norms
+        flat = torch.cat([lang_stats.reshape(-1),
+                          torch.tensor([0.0 if math.isfinite(gnorm) else 1.0],
+                                       dtype=torch.float64)])
+        all_reduce_sum(flat, env)
+        lang_stats = flat[:-1].reshape(2, n_lang)
+        bad = ("loss" if not math.isfinite(float(lang_stats[0].sum())) else
+               "gradient" if flat[-1] > 0 else None)
+        if bad is None:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        all_reduce_sum(lang_stats, env)
-        return lang_stats, gnorm
+        return lang_stats, gnorm, bad
 
     def _log_step(self, metrics: StepLog, bar: Any, rec: StepRecord) -> None:
         """Main rank: one metrics.jsonl record, TensorBoard scalars and the progress bar."""
         written = metrics.write(rec)
-        if self.tb is not None:
+        if self.tb is not None and rec.nonfinite != "skip":
             self.tb.add_scalar("loss", rec.loss, rec.tokens)
             self.tb.add_scalar("lr", rec.lr, rec.tokens)
             self.tb.add_scalars(f"lang_loss/{rec.label}", written["lang_loss"], rec.tokens)
@@ -738,10 +840,18 @@ def _run_variant(trainer: "Trainer", recipe: Recipe, run_dir: Path, name: str,
 
 def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, env: DistEnv,
               log: Callable[[str], None], t_start: float) -> RunResult:
-    from tqdm import tqdm
-
     prep = prepare(recipe, variant)
     writer_cls = _tensorboard_writer(recipe, env)
+    with RunLock(run_dir, log) if env.is_main else nullcontext():  # rank 0 alone writes there
+        return _pretrain_locked(recipe, prep, writer_cls, run_dir, resume, variant, env, log,
+                                t_start)
+
+
+def _pretrain_locked(recipe: Recipe, prep: Prepared, writer_cls: Any, run_dir: Path,
+                     resume: bool, variant: str | None, env: DistEnv,
+                     log: Callable[[str], None], t_start: float) -> RunResult:
+    from tqdm import tqdm
+
     if env.is_main:
         _open_run_dir(recipe, prep, run_dir, resume)
     barrier(env)
@@ -756,13 +866,15 @@ def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, 
     total = sum(p.tokens for p in recipe.trunk) + len(variants) * recipe.phases[-1].tokens
     bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not env.is_main,
                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-    result.phases = _run_trunk(trainer, recipe, run_dir, resume, bar, log)
-    if variants:  # each from the trunk's last phase end
-        branch = ckpt.read_checkpoint(result.phases[-1].checkpoint, check=False)
-        for name in variants:
-            result.variants[name] = _run_variant(trainer, recipe, run_dir, name, branch, resume,
-                                                 bar, log)
-    bar.close()
+    try:  # closed on errors too, so that an error line starts on a line of its own
+        result.phases = _run_trunk(trainer, recipe, run_dir, resume, bar, log)
+        if variants:  # each from the trunk's last phase end
+            branch = ckpt.read_checkpoint(result.phases[-1].checkpoint, check=False)
+            for name in variants:
+                result.variants[name] = _run_variant(trainer, recipe, run_dir, name, branch,
+                                                     resume, bar, log)
+    finally:
+        bar.close()
     if trainer.tb is not None:
         trainer.tb.close()
     result.wall_s = time.perf_counter() - t_start
