@@ -695,6 +695,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # not named by a handler: disk full, read-only, no permission
+        from mmbert.outputs import WRITE_ERRNOS
+
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: {e.filename or 'a file'}: {WRITE_ERRNOS[e.errno]}; expected readable "
+              "inputs and a writable output location with free space", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

@@ -41,7 +41,7 @@ import torch
 from mmbert.config import _HF_DEFAULTS, SPECIAL_ID_FIELDS, ModelConfig
 from mmbert.errors import MmbertError
 from mmbert.outputs import atomic_file, write_text
-from mmbert.safetensors_dir import CONFIG, TOKENIZER_FILES, WEIGHTS, SafetensorsDir
+from mmbert.safetensors_dir import CONFIG, TOKENIZER_FILES, WEIGHTS, SafetensorsDir, save_file
 
 __all__ = ["CONFIG", "TOKENIZER_FILES", "WEIGHTS", "hf_config_dict", "load_pretrained",
            "read_config", "resolve_dtype", "save_pretrained", "tokenizer_special_ids"]
@@ -80,7 +80,7 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise MmbertError(f"{d}: no {CONFIG}; expected a transformers ModernBERT directory")
     try:
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8/JSON, huge integers, deep nesting
         raise MmbertError(f"{cfg_path}: not valid JSON ({e}); expected a transformers "
                           "config.json") from None
     if not isinstance(raw, dict):
@@ -137,7 +137,7 @@ def _special_token_names(path: Path) -> dict[str, str]:
         return {}
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8/JSON, huge integers, deep nesting
         raise MmbertError(f"{path}: not valid JSON ({e})") from None
     out = {}
     for role in ("pad", "mask", "cls", "sep", "bos", "eos"):
@@ -256,8 +256,6 @@ def hf_config_dict(model) -> dict[str, Any]:
 
 def save_pretrained(model, path: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` in transformers' layout."""
-    from safetensors.torch import save_file
-
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
     bare = model.hf_architecture == "ModernBertModel"  # stored without the `model.` prefix
@@ -269,6 +267,6 @@ def save_pretrained(model, path: str | Path) -> None:
             name = name.removeprefix("model.")
         tensors[name] = t.detach().to("cpu").contiguous()
     with atomic_file(d / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_file(tensors, tmp)
     text = json.dumps(hf_config_dict(model), indent=2, sort_keys=True) + "\n"
     write_text(d / CONFIG, text)

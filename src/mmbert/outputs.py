@@ -26,10 +26,17 @@ Commands that resume into a run directory (``pretrain --out RUN``, ``demo --out`
 rerun must replace it. Training checkpoints have their own publication protocol (manifest,
 fsync, rotation) in :mod:`mmbert.train.checkpoint`, and so do token shards
 (:mod:`mmbert.data.shards`, resumable per language).
+
+Write failures. A full disk (``ENOSPC``, ``EDQUOT``), a read-only file system (``EROFS``) or a
+missing permission (``EACCES``, ``EPERM``) while writing an output is a :class:`WriteError`
+(an :class:`~mmbert.errors.MmbertError`, so the CLI prints one line and exits 2) naming the
+path that was being written; the temporary file or directory is removed and whatever was
+published before stays as it was. :func:`write_error` makes one from an ``OSError``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -40,6 +47,32 @@ from typing import Any, Callable, Iterable, Iterator
 from mmbert.errors import MmbertError
 
 
+# errno -> the words of a write failure that rerunning after fixing the machine can cure
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted"}
+
+
+class WriteError(MmbertError):
+    """An output could not be written (disk full, read-only, no permission): ``path``, ``reason``."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: cannot write ({reason}); expected a writable location with "
+                         "free space (nothing was published; free space or fix permissions and "
+                         "rerun)")
+
+
+def write_error(path: str | Path, e: BaseException) -> WriteError | None:
+    """A :class:`WriteError` for ``path`` if ``e`` is a disk-full/read-only/permission OSError
+    (one already a WriteError is kept, naming the innermost path); otherwise None."""
+    if isinstance(e, WriteError):
+        return e
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        return WriteError(path, WRITE_ERRNOS[e.errno])
+    return None
+
+
 def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
@@ -48,13 +81,21 @@ def _sibling(path: Path, tag: str) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; it replaces ``path`` when the block succeeds."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(p, "tmp")
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, p)
+    except OSError as e:
+        err = write_error(p, e)
+        if err is None:
+            raise
+        raise err from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only parent: nothing could have been created there
+            pass
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -88,7 +129,8 @@ def read_mapping(path: str | Path, what: str, *, fmt: str = "JSON",
         raise MmbertError(f"{p}: {missing}; expected {what}")
     try:
         d = loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, *errors) as e:
+    # ValueError: also an integer too long to convert; RecursionError: too deeply nested
+    except (ValueError, RecursionError, *errors) as e:
         msg = " ".join(str(e).split())  # YAML's messages span lines
         raise MmbertError(f"{p}: not valid {fmt} ({msg}); expected {what}") from None
     if not isinstance(d, dict):
@@ -140,20 +182,49 @@ class OutputDir:
 
     def __enter__(self) -> Path:
         self.check()
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+        except OSError as e:
+            err = write_error(self.out, e)
+            if err is None:
+                raise
+            raise err from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, (OSError, WriteError)):
+                err = write_error(self.out, exc)
+                if isinstance(exc, WriteError):  # name the output, not its temporary sibling
+                    err = WriteError(self.out / exc.path.relative_to(self.tmp)
+                                     if exc.path.is_relative_to(self.tmp) else exc.path,
+                                     exc.reason)
+                if err is not None:
+                    raise err from None
             return
+        try:
+            self._publish()
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            err = write_error(self.out, e)
+            if err is None:
+                raise
+            raise err from None
+
+    def _publish(self) -> None:
         old = None
         if self.out.is_dir():
             old = _sibling(self.out, "old")
             shutil.rmtree(old, ignore_errors=True)
             self.out.rename(old)
-        self.tmp.rename(self.out)
+        try:
+            self.tmp.rename(self.out)
+        except OSError:
+            if old is not None:  # put the previous output back
+                old.rename(self.out)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -164,6 +165,27 @@ class SafetensorsDir:
 # =============================================================================================
 # Writing
 # =============================================================================================
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``safetensors.torch.save_file`` with format metadata ``pt``. safetensors reports an I/O
+    failure (a full disk, a read-only directory) as a ``SafetensorError`` holding the OS error
+    code; it is raised here as the ``OSError`` it is, so writers treat it like any failed
+    write (:func:`mmbert.outputs.write_error`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file as _save_file
+
+    try:
+        _save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        m = _OS_ERROR.search(str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
 
 class SafetensorsStream:
     """Write a ``.safetensors`` file tensor by tensor (and block of rows by block of rows).

@@ -298,8 +298,14 @@ def read_checkpoint(path: Path, *, check: bool = True) -> Checkpoint:
         raise MmbertError(f"checkpoint {path}: unreadable state ({e})") from None
     if trainer.get("format") != FORMAT:
         raise MmbertError(f"checkpoint {path}: format {trainer.get('format')!r}; expected {FORMAT}")
-    return Checkpoint(path, trainer, optim_meta, load_file(str(path / "optimizer.safetensors")),
-                      rank_states)
+    opt = path / "optimizer.safetensors"
+    try:
+        tensors = load_file(str(opt))
+    except Exception as e:  # safetensors raises several types for a bad file; never unpickled
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MmbertError(f"checkpoint {path}: {opt.name} is not a readable safetensors file "
+                          f"({msg}); expected the optimizer state this trainer wrote") from None
+    return Checkpoint(path, trainer, optim_meta, tensors, rank_states)
 
 
 def resolve(path: str | Path) -> Path:
