@@ -696,12 +696,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # not named by a handler: disk full, read-only, no permission
+        import errno
+
         from mmbert.outputs import WRITE_ERRNOS
 
-        if e.errno not in WRITE_ERRNOS:
+        kinds = {errno.EEXIST: "exists", errno.ENOTDIR: "not a directory (or under a file)",
+                 errno.EISDIR: "is a directory"}
+        if e.errno in WRITE_ERRNOS:
+            print(f"error: {e.filename or 'a file'}: {WRITE_ERRNOS[e.errno]}; expected readable "
+                  "inputs and a writable output location with free space", file=sys.stderr)
+        elif e.errno in kinds and e.filename:
+            print(f"error: {e.filename}: {kinds[e.errno]}; expected a path of the kind the "
+                  "command takes there (see --help)", file=sys.stderr)
+        else:
             raise
-        print(f"error: {e.filename or 'a file'}: {WRITE_ERRNOS[e.errno]}; expected readable "
-              "inputs and a writable output location with free space", file=sys.stderr)
         return 2
     return int(rc or 0)
 
