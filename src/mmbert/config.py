@@ -81,10 +81,16 @@ class ModelConfig:
         need((self.hidden_size // self.num_attention_heads) % 2 == 0, "num_attention_heads",
              "a value giving an even head dimension (RoPE rotates pairs)")
         need(self.local_attention % 2 == 0, "local_attention", "an even window width")
+        def number(name: str) -> float:
+            try:  # NaN (fails every check) for a list, a non-numeric string, a huge int
+                return float(getattr(self, name))
+            except (TypeError, ValueError, OverflowError):
+                return float("nan")
+
         for name in ("global_rope_theta", "local_rope_theta", "norm_eps", "initializer_range"):
-            need(float(getattr(self, name)) > 0, name, "a positive number")
+            need(number(name) > 0, name, "a positive number")
         for name in ("embedding_dropout", "attention_dropout", "mlp_dropout", "classifier_dropout"):
-            need(0.0 <= float(getattr(self, name)) < 1.0, name, "a probability in [0, 1)")
+            need(0.0 <= number(name) < 1.0, name, "a probability in [0, 1)")
         need(self.classifier_pooling in _POOLINGS, "classifier_pooling", f"one of {_POOLINGS}")
         need(self.hidden_activation in _ACTIVATIONS, "hidden_activation", f"one of {_ACTIVATIONS}")
         need(self.classifier_activation in _ACTIVATIONS, "classifier_activation",
@@ -224,8 +230,9 @@ class ModelConfig:
             if k in kw:
                 try:
                     kw[k] = float(kw[k])
-                except (TypeError, ValueError):
-                    raise MmbertError(f"{source}: {k} is {kw[k]!r}; expected a number") from None
+                except (TypeError, ValueError, OverflowError):
+                    raise MmbertError(f"{source}: {k} is {str(kw[k])[:40]!r}; expected a "
+                                      f"number") from None
         if isinstance(kw.get("eos_token_id"), list) and kw["eos_token_id"]:
             kw["eos_token_id"] = kw["eos_token_id"][0]
         replaced = _resolve_special_ids(d, kw, tokenizer_ids or {})

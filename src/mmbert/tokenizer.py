@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mmbert.errors import MmbertError
-from mmbert.outputs import OutputDir, write_text
+from mmbert.outputs import OutputDir, read_json, write_text
 
 SPECIAL_TOKENS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>", "mask": "<mask>"}
 GEMMA_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4}
@@ -128,10 +128,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     config: dict = {}
     cfg_file = f.parent / "tokenizer_config.json"
     if cfg_file.is_file():
-        try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise MmbertError(f"{cfg_file}: invalid JSON ({e})") from None
+        cfg = read_json(cfg_file, "a transformers tokenizer_config.json")
         for role in SPECIAL_TOKENS:
             v = cfg.get(f"{role}_token")
             if isinstance(v, dict):
@@ -139,6 +136,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             if isinstance(v, str):
                 special[role] = v
         config = cfg.get("mmbert") or {}
+        if not isinstance(config, dict):
+            raise MmbertError(f"{cfg_file}: field 'mmbert' is {type(config).__name__}; expected "
+                              f"an object such as {{\"prefix_space\": false}}")
     tok = Tokenizer(backend, special, config)
     tok.source_file = f
     return tok

@@ -188,7 +188,7 @@ def han_variant(text: str) -> str | None:
 
 def is_code(code: str) -> bool:
     """True for a normalised code such as ``fra_Latn``."""
-    return bool(_CODE_RE.match(code))
+    return bool(_CODE_RE.fullmatch(code))  # fullmatch: "$" would accept a trailing newline
 
 
 def check_code(code: str, where: str = "language") -> str:
@@ -232,7 +232,7 @@ def normalize_lang(tag: str, text: str | None = None) -> str:
         mod = tag.split("@", 1)[1].split(".")[0].lower()
         script = _GETTEXT_MODIFIERS.get(mod)
     for sub in re.split(r"[-_]", tag.split("@", 1)[0].split(".")[0])[1:]:
-        if _SCRIPT_RE.match(sub.capitalize()):
+        if sub.isascii() and _SCRIPT_RE.fullmatch(sub.capitalize()):
             script = script or sub.capitalize()
         elif len(sub) == 2 and sub.isalpha():
             region = sub.lower()

@@ -17,7 +17,7 @@ from mmbert.errors import MmbertError
 class Masker:
     def __init__(self, vocab_size: int, special_ids: frozenset[int] | set[int], mask_id: int,
                  mask_prob: float = 0.8, random_prob: float = 0.1) -> None:
-        if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1:
+        if not (mask_prob >= 0 and random_prob >= 0 and mask_prob + random_prob <= 1):  # NaN too
             raise MmbertError(f"masking: mask {mask_prob} + random {random_prob}: expected "
                               f"non-negative shares summing to at most 1")
         self.vocab_size = vocab_size

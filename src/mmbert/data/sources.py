@@ -185,12 +185,19 @@ def iter_jsonl(path: Path, errors: str = "strict", stats: DecodeStats | None = N
 def _parse_jsonl_record(path: Path, offset: int, line: str) -> dict:
     try:
         rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise MmbertError(f"{path}: invalid JSON at byte {offset} ({e.msg}); expected one JSON "
+    except (ValueError, RecursionError) as e:  # also a huge integer, too deep nesting
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+        raise MmbertError(f"{path}: invalid JSON at byte {offset} ({msg}); expected one JSON "
                           f"object per line") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
         raise MmbertError(f"{path}: record at byte {offset} has no string field 'text'; "
                           f"expected {{\"text\": ..., \"lang\": ...}}")
+    try:
+        rec["text"].encode("utf-8")
+    except UnicodeEncodeError as e:  # "\ud800" in JSON: no tokenizer takes it
+        raise MmbertError(f"{path}: record at byte {offset}: field 'text' has an unpaired "
+                          f"surrogate {rec['text'][e.start]!r} at character {e.start}; "
+                          f"expected valid Unicode text") from None
     if not isinstance(rec.get("lang"), str):
         raise MmbertError(f"{path}: record at byte {offset} has no string field 'lang'; "
                           f"expected a language code such as 'fra_Latn'")
@@ -231,19 +238,36 @@ def iter_parquet(path: Path, lang: str) -> Iterator[Document]:
     """Documents of one parquet file (column ``text``; ``id`` used when present)."""
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
+    def unreadable(e: Exception) -> MmbertError:
+        return MmbertError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})")
+
     try:
         pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise MmbertError(f"{path}: not a readable parquet file ({e})") from None
-    names = pf.schema_arrow.names
+        raise unreadable(e) from None
+    names = schema.names
     if "text" not in names:
         raise MmbertError(f"{path}: no 'text' column (columns: {names}); expected FineWeb-2 "
                           f"style parquet with a 'text' column")
+    ttype = schema.field("text").type
+    if not (pa.types.is_string(ttype) or pa.types.is_large_string(ttype)
+            or pa.types.is_null(ttype)):
+        raise MmbertError(f"{path}: column 'text' has type {ttype}; expected a string column")
     cols = ["text"] + (["id"] if "id" in names else [])
+    batches = pf.iter_batches(columns=cols, batch_size=4096)
     n = 0
-    for batch in pf.iter_batches(columns=cols, batch_size=4096):
-        texts = batch.column(0).to_pylist()
-        ids = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
+    while True:
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            texts = batch.column(0).to_pylist()
+            ids = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
+        except Exception as e:  # a corrupt page shows only when read
+            raise unreadable(e) from None
         for t, i in zip(texts, ids):
             if t:
                 doc_id = str(i) if i is not None else f"{path.name}:{n}"
