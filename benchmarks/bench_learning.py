@@ -64,7 +64,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from mmbert.demo import DEMO_VOCAB  # the demo tokenizer's size
+from mmbert.demo.pipeline import DEMO_VOCAB  # the demo tokenizer's size
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"

@@ -44,15 +44,20 @@ def parse_tokens(value: Any, where: str, *, total: int | None = None) -> int:
         s = v.strip().replace("_", "")
         try:
             if s.endswith("%") and total is not None:
-                return int(round(float(s[:-1]) / 100.0 * total))
-            if s and s[-1] in _SUFFIXES:
-                return int(round(float(s[:-1]) * _SUFFIXES[s[-1]]))
-            v = float(s)
+                v = float(s[:-1]) / 100.0 * total
+            elif s and s[-1] in _SUFFIXES:
+                v = float(s[:-1]) * _SUFFIXES[s[-1]]
+            else:
+                v = float(s)
         except ValueError:
             pct = " or a share of the phase like '10%'" if total is not None else ""
             _fail(where, value, f"a token count such as 1000000, '4.7M' or '2.3T'{pct}")
-    if not isinstance(v, (int, float)) or v != v or v < 0 or v == float("inf"):
-        _fail(where, value, "a non-negative token count")
+    try:
+        ok = isinstance(v, (int, float)) and 0 <= float(v) < float("inf")  # NaN fails too
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        _fail(where, value, "a non-negative, finite token count")
     return int(round(v))
 
 
@@ -65,7 +70,7 @@ def _number(value: Any, where: str, lo: float | None = None, hi: float | None = 
         if isinstance(value, bool):
             raise ValueError
         x = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         _fail(where, value, f"a number in {rng}")
     if x != x or (lo is not None and (x < lo or (lo_open and x == lo))) or \
             (hi is not None and (x > hi or (hi_open and x == hi))):
@@ -111,7 +116,9 @@ def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict:
         raise MmbertError(f"{where}: expected a mapping, got {type(d).__name__}")
     unknown = [k for k in d if k not in allowed]
     if unknown:
-        raise MmbertError(f"{where}.{unknown[0]}: unknown field; expected one of {list(allowed)}")
+        k = unknown[0]  # a key with a newline or other control character is shown quoted
+        name = k if isinstance(k, str) and k.isprintable() else repr(k)
+        raise MmbertError(f"{where}.{name}: unknown field; expected one of {list(allowed)}")
     return d
 
 
@@ -400,7 +407,7 @@ def _model_spec(m: Any, source: str) -> tuple[ModelSpec, ModelConfig]:
     m = {**_defaults(ModelSpec),
          **_check_keys(m, ("preset", "overrides", "init_from", "init_config"),
                        f"{source}: model")}
-    if m["preset"] not in PRESETS:
+    if not isinstance(m["preset"], str) or m["preset"] not in PRESETS:
         _fail(w("preset"), m["preset"], f"one of {sorted(PRESETS)}")
     overrides = _check_keys(m["overrides"] or {}, tuple(f.name for f in fields(ModelConfig)),
                             w("overrides"))
@@ -518,8 +525,9 @@ def apply_overrides(d: dict, overrides: list[str] | tuple[str, ...], source: str
             raise MmbertError(f"{source} {item!r}: empty key in {path!r}")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as e:
-            raise MmbertError(f"{source} {item!r}: value is not valid YAML ({e})") from None
+        except (yaml.YAMLError, RecursionError) as e:
+            msg = " ".join(str(e).split()) or type(e).__name__  # YAML's messages span lines
+            raise MmbertError(f"{source} {item!r}: value is not valid YAML ({msg})") from None
         node: Any = d
         for depth, k in enumerate(keys):
             last = depth == len(keys) - 1
@@ -535,7 +543,7 @@ def apply_overrides(d: dict, overrides: list[str] | tuple[str, ...], source: str
                     named = [i for i, x in enumerate(node)
                              if isinstance(x, dict) and x.get("name") == k]
                     if not named:
-                        raise MmbertError(f"{source} {item!r}: {where}: no list item named {k!r}")
+                        raise MmbertError(f"{source} {item!r}: no list item named {k!r}")
                     idx = named[0]
                 if last:
                     node[idx] = value

@@ -2,15 +2,12 @@
 ``recipe_from_dict`` and ``load_recipe`` on random values, types, override strings and files.
 
 A call either gives a valid result or raises one MmbertError line naming the field (or the
-file / the ``--set`` item). Known defects of :mod:`mmbert.recipe` are listed in ``KNOWN``: the
-fuzz tests count them instead of failing, and one strict-xfail test per defect pins its input
-(when the defect is fixed, that test passes unexpectedly: remove its ``KNOWN`` entry).
+file / the ``--set`` item). The inputs that fuzzing once broke it with are pinned at the end.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,59 +28,9 @@ def fuzz(n: int) -> settings:
                     suppress_health_check=list(HealthCheck))
 
 
-# ---------------------------------------------------------------------------------------------
-# Known defects in mmbert.recipe (owned elsewhere): (name, predicate on the failure)
-# ---------------------------------------------------------------------------------------------
-
-def _overflow(e: BaseException) -> bool:
-    return isinstance(e, OverflowError)
-
-
-def _unhashable_preset(e: BaseException) -> bool:
-    return isinstance(e, TypeError) and "unhashable" in str(e)
-
-
-def _multiline(e: BaseException) -> bool:
-    return isinstance(e, MmbertError) and ("\n" in str(e) or "\r" in str(e))
-
-
-def _recursion(e: BaseException) -> bool:
-    return isinstance(e, RecursionError)
-
-
-KNOWN: dict[str, Callable[[BaseException], bool]] = {
-    "overflow: infinite or huge token count / number": _overflow,
-    "unhashable model.preset": _unhashable_preset,
-    "multi-line MmbertError (YAML message or raw key text)": _multiline,
-    "deeply nested --set value": _recursion,
-}
-KNOWN_HITS: Counter[str] = Counter()
-
-
-def _known(e: BaseException) -> str | None:
-    for name, pred in KNOWN.items():
-        if pred(e):
-            KNOWN_HITS[name] += 1
-            return name
-    return None
-
-
-_KNOWN = object()
-
-
 def call(fuzz, fn: Callable[..., Any], *args: Any, names: tuple[str, ...] = (),
          **kwargs: Any) -> tuple[Any, str | None]:
-    """``fuzz.call`` that lets the known defects above through (counted, not failed)."""
-    def guarded(*a: Any, **k: Any) -> Any:
-        try:
-            return fn(*a, **k)
-        except (MmbertError, OverflowError, TypeError, RecursionError) as e:
-            if _known(e) is None:
-                raise
-            return _KNOWN
-
-    out, err = fuzz.call(guarded, *args, names=names, **kwargs)
-    return (None, "known defect") if out is _KNOWN else (out, err)
+    return fuzz.call(fn, *args, names=names, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,9 +58,7 @@ def test_parse_tokens(fuzz, value, total):
     n, err = call(fuzz, parse_tokens, value, "phases[0].tokens", total=total,
                   names=("phases[0].tokens",))
     if err is None:
-        assert isinstance(n, int) and not isinstance(n, bool)
-        if n < 0:  # a negative count from '-5M' or '-10%' (see the xfail test below)
-            KNOWN_HITS["negative token count from a '-' string"] += 1
+        assert isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +203,7 @@ def test_load_recipe(fuzz, raw, items, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------
-# The known defects, one pinned input each (strict xfail: they fail today)
+# Inputs fuzzing found (each was a traceback or a multi-line message; now one line)
 # ---------------------------------------------------------------------------------------------
 
 def _one_line_error(fn: Callable[[], Any]) -> None:
@@ -267,56 +212,24 @@ def _one_line_error(fn: Callable[[], Any]) -> None:
     assert "\n" not in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="recipe.parse_tokens('infk'): OverflowError (int(round(inf)))")
-def test_known_parse_tokens_infinite_suffix():
-    _one_line_error(lambda: parse_tokens("infk", "phases[0].tokens"))
-
-
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="recipe._number(10**400): OverflowError from float() of a huge int")
-def test_known_number_huge_int():
+def _with(path: tuple[Any, ...], value: Any) -> dict:
     d = copy.deepcopy(BASE)
-    d["phases"][0]["tau"] = 10**400
-    _one_line_error(lambda: recipe_from_dict(d, "r.yaml"))
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return d
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="recipe._model_spec: model.preset a list -> TypeError unhashable")
-def test_known_unhashable_preset():
-    d = copy.deepcopy(BASE)
-    d["model"]["preset"] = ["tiny"]
-    _one_line_error(lambda: recipe_from_dict(d, "r.yaml"))
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="recipe.apply_overrides: a YAML error message spans several lines")
-def test_known_override_yaml_error_multiline():
-    _one_line_error(lambda: apply_overrides(BASE, ["seed=["]))
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="recipe._check_keys: an unknown key with a newline is printed raw")
-def test_known_unknown_key_multiline():
-    _one_line_error(lambda: recipe_from_dict({**BASE, "a\nb": 1}, "r.yaml"))
-
-
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="recipe.apply_overrides: a deeply nested --set value -> RecursionError")
-def test_known_override_deep_nesting():
-    _one_line_error(lambda: apply_overrides(BASE, ["seed=" + "[" * 600]))
-
-
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="recipe.parse_tokens('-5M') returns -5000000 (no sign check on "
-                          "suffixed or '%' counts)")
-def test_known_negative_suffixed_tokens():
-    _one_line_error(lambda: parse_tokens("-5M", "phases[0].tokens"))
-
-
-def test_known_defects_summary(fuzz):
-    """Counts of fuzz cases that hit a known defect (printed with -s)."""
-    if KNOWN_HITS:
-        print("\nrecipe fuzzing: cases hitting known defects:")
-        for name, n in sorted(KNOWN_HITS.items()):
-            print(f"  {name}: {n}")
+@pytest.mark.parametrize("make", [
+    lambda: parse_tokens("infk", "phases[0].tokens"),  # was OverflowError
+    lambda: parse_tokens("-5M", "phases[0].tokens"),  # was -5000000
+    lambda: parse_tokens("-10%", "phases[0].warmup_tokens", total=1000),  # was -100
+    lambda: recipe_from_dict(_with(("phases", 0, "tau"), 10**400), "r.yaml"),  # OverflowError
+    lambda: recipe_from_dict(_with(("model", "preset"), ["tiny"]), "r.yaml"),  # TypeError
+    lambda: recipe_from_dict({**BASE, "a\nb": 1}, "r.yaml"),  # the raw key spanned lines
+    lambda: apply_overrides(BASE, ["seed=["]),  # YAML's message spanned lines
+    lambda: apply_overrides(BASE, ["seed=" + "[" * 600]),  # was RecursionError
+])
+def test_found_inputs_are_one_line_errors(make):
+    _one_line_error(make)
