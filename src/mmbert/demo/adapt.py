@@ -77,7 +77,7 @@ def _train(setup: AdaptSetup, recipe: Path, ext: Path, shards: Path, run_dir: Pa
            overrides: tuple[str, ...], procs: int, log: Callable[[str], None]) -> Path:
     """The adaptation run; returns its exported model. ``overrides`` come last (the demo
     passes its own precision there)."""
-    from mmbert.demo.pipeline import _demo_training
+    from mmbert.demo.pipeline import train_recipe
     from mmbert.recipe import load_recipe
 
     sets = [f"shards={shards}", f"tokenizer={ext}", f"model.init_from={ext}",
@@ -85,7 +85,7 @@ def _train(setup: AdaptSetup, recipe: Path, ext: Path, shards: Path, run_dir: Pa
             f"phases.0.replay_languages=[{','.join(setup.old)}]",
             f"phases.0.replay_share={REPLAY_SHARE}", *overrides]
     rec = load_recipe(recipe, sets)
-    result = _demo_training(rec, recipe, run_dir, sets, procs, log)
+    result = train_recipe(rec, recipe, run_dir, sets, procs, log)
     export = result.phases[-1].export
     if export is None:
         raise MmbertError(f"{run_dir}: the adaptation run exported no model")
@@ -104,7 +104,9 @@ class PairedGain:
 
     @property
     def z(self) -> float:
-        return self.mean / self.se if self.se > 0 else math.inf * (1 if self.mean > 0 else -1)
+        if self.se > 0:
+            return self.mean / self.se
+        return 0.0 if self.mean == 0 else math.copysign(math.inf, self.mean)
 
     def to_json(self) -> dict[str, float]:
         return {"n": self.n, "before": self.before, "after": self.after, "mean_gain": self.mean,

@@ -84,8 +84,8 @@ def _demo_data(corpus: Path, tok_dir: Path, shards: Path, vocab_size: int,
     timings["shards"] = time.perf_counter() - t
 
 
-def _demo_training(rec: Any, recipe_path: Path, run_dir: Path, sets: list[str], procs: int,
-                   log: Callable[[str], None]) -> Any:
+def train_recipe(rec: Any, recipe_path: Path, run_dir: Path, sets: list[str], procs: int,
+                 log: Callable[[str], None]) -> Any:
     """The recipe in ``procs`` torchrun processes, then in this process: it trains what is
     left (``procs == 1`` or after a failed launch) or finds every phase done and collects the
     :class:`~mmbert.train.trainer.RunResult`."""
@@ -134,7 +134,7 @@ def run_demo(out: str | Path = "runs/demo", *, recipe: str | Path = "configs/dem
 
     t = _step(log, f"pre-training {recipe_path} -> {out / 'run'} "
                    f"({procs} process{'es' if procs > 1 else ''})")
-    result = _demo_training(rec, recipe_path, out / "run", sets, procs, log)
+    result = train_recipe(rec, recipe_path, out / "run", sets, procs, log)
     timings["pretrain"] = time.perf_counter() - t
 
     mid = result.phases[-1]
