@@ -122,6 +122,19 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
         print(f"replaced {m.replacements_this_run} invalid UTF-8 sequences with U+FFFD")
 
 
+def _cmd_verify_shards(a: argparse.Namespace) -> None:
+    from mmbert.data.shards import verify_shards
+
+    r = verify_shards(a.shards, fix=a.fix_checksums)
+    print(f"{a.shards}: {r.files} files ok ({r.bytes / 1e6:.1f} MB, sizes, offsets and sha256 "
+          f"checked in {r.seconds:.2f} s)")
+    if r.added:
+        print(f"added the checksums of {r.added} files to {a.shards}/manifest.json")
+    elif r.unchecked:
+        print(f"{r.unchecked} files have no checksum in the manifest (sizes and offsets checked "
+              f"only); --fix-checksums records them")
+
+
 def _cmd_plan(a: argparse.Namespace) -> int:
     if a.recipe:
         from mmbert.data.plan import format_recipe_plan, plan_recipe, plot_recipe_plan
@@ -199,6 +212,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="plain corpora: share of documents (by text hash) held out")
     p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
     p.set_defaults(func=_cmd_prepare)
+    p = dsub.add_parser("verify", help="check every shard file against the manifest (sizes, "
+                        "offsets, sha256); a damaged file is one error line, exit 2")
+    p.add_argument("shards", help="shard directory written by `mmbert data prepare`")
+    p.add_argument("--fix-checksums", action="store_true",
+                   help="record the checksums a manifest written without them lacks")
+    p.set_defaults(func=_cmd_verify_shards)
     p = dsub.add_parser("plan", help="language shares and epochs of repetition: of a whole "
                         "recipe (--recipe), or of one phase (--shards, --tau, --tokens)")
     p.add_argument("--recipe", default=None, help="plan every phase and decay variant of a "
@@ -281,10 +300,16 @@ def _cmd_pretrain(a: argparse.Namespace) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mmbert.train import checkpoint as ckpt
     from mmbert.train import export
 
-    out = export(a.checkpoint, a.out, tokenizer=a.tokenizer, overwrite=a.overwrite)
-    print(f"wrote {out}")
+    # a run directory: its newest intact checkpoint (verified; a skipped one is one warning line)
+    src = ckpt.resolve(a.checkpoint)
+    out = export(src, a.out, tokenizer=a.tokenizer, overwrite=a.overwrite,
+                 verify=src == Path(a.checkpoint))  # a checkpoint named directly: verify now
+    print(f"wrote {out} from {src}")
 
 
 def _add_training(sub: argparse._SubParsersAction) -> None:

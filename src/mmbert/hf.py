@@ -173,6 +173,21 @@ def _target_name(name: str, targets: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _missing_error(cls, d: Path, required: list[str], unknown: list[str],
+                   unknown_in: Path | None) -> MmbertError:
+    """A required tensor is not stored. With unknown names present as well, the likelier cause
+    is a renamed tensor: a damaged safetensors header (one flipped byte in a name)."""
+    more = f" (and {len(required) - 1} more)" if len(required) > 1 else ""
+    if unknown and unknown_in is not None:
+        return MmbertError(f"{unknown_in}: tensor {required[0]}{more} missing and unexpected "
+                           f"tensor {unknown[0]} present instead (a damaged header, or another "
+                           f"model's weights); expected the tensor names of this config.json")
+    hint = (f"; {cls.hf_missing_hint}"
+            if cls.hf_missing_hint and required[0].startswith(("head.", "decoder.")) else "")
+    return MmbertError(f"{d}: tensor {required[0]}{more} missing from the safetensors "
+                       f"file(s){hint}")
+
+
 def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = None,
                     device: torch.device | str = "cpu", **kwargs: Any):
     """Build ``cls`` from a transformers ModernBERT directory (see the module docstring)."""
@@ -196,6 +211,7 @@ def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = 
 
     loaded: set[str] = set()
     unknown: list[str] = []
+    unknown_in: Path | None = None  # the file of the first unknown tensor
     stored_dtype: torch.dtype | None = None
     with torch.no_grad():
         for f, name, tensor in SafetensorsDir(d).iter_tensors():
@@ -206,6 +222,7 @@ def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = 
                     continue
                 if not clean.removeprefix("model.").startswith(_OTHER_HEADS):
                     unknown.append(name)
+                    unknown_in = unknown_in or f
                 continue
             param = targets[target]
             if tuple(tensor.shape) != tuple(param.shape):
@@ -219,11 +236,7 @@ def load_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = 
     missing = [k for k in targets if k not in loaded]
     required = [k for k in missing if not k.startswith(cls.hf_fresh_prefixes)]
     if required:
-        more = f" (and {len(required) - 1} more)" if len(required) > 1 else ""
-        hint = (f"; {cls.hf_missing_hint}"
-                if cls.hf_missing_hint and required[0].startswith(("head.", "decoder.")) else "")
-        raise MmbertError(f"{d}: tensor {required[0]}{more} missing from the safetensors "
-                          f"file(s){hint}")
+        raise _missing_error(cls, d, required, unknown, unknown_in)
     if missing:  # a fresh classifier on top of a pre-trained encoder (+ head)
         warnings.warn(f"{d}: {', '.join(missing)} not stored; initialised freshly", stacklevel=3)
         fresh = cls(config, **kwargs)  # cheap relative to fine-tuning; same init as training

@@ -72,6 +72,7 @@ def bad_inputs(t: Path) -> dict[tuple[str, ...], tuple[list[str], str]]:
         ("data", "fetch-demo"): (["--out", f], f),
         ("data", "prepare"): (["--corpus", n, "--tokenizer", n, "--out", o], n),
         ("data", "plan"): (["--recipe", n], n),
+        ("data", "verify"): ([n], n),
         ("tokenizer", "fetch-gemma"): (["--out", f], f),
         ("tokenizer", "train"): (["--corpus", n, "--vocab-size", "1000", "--out", o], n),
         ("tokenizer", "extend"): (["--tokenizer", n, "--corpus", n, "--add", "10", "--out", o],

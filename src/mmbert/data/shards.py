@@ -8,7 +8,15 @@ Layout of ``SHARDS`` (``mmbert data prepare``)::
 
 Documents are stored without special tokens (the packer adds ``[bos] doc [eos]``). Splits are
 ``train`` and ``heldout``. ``manifest.json`` records the tokenizer (fingerprint, vocab size,
-special ids) and, per language and split: code, documents, tokens, chars, source(s).
+special ids) and, per language and split: code, documents, tokens, chars, source(s), and the
+byte size and sha256 of both files.
+
+Corruption: opening a language's shard (:meth:`ShardSet.offsets` / :meth:`ShardSet.tokens`)
+runs the quick check (:func:`check_split`): both files exist, their sizes match the manifest,
+the ``.idx`` (read whole anyway) matches its sha256, starts at 0, never decreases and ends at the
+``.bin``'s token count. The ``.bin`` is memory-mapped and read sparsely, so its sha256 is only
+checked by ``mmbert data verify`` (:func:`verify_shards`), which also adds the checksums an
+older manifest lacks (``--fix-checksums``).
 
 Crash safety: each language is written to temp names and renamed, then the manifest is
 rewritten atomically (temp + rename). A rerun skips languages the manifest lists; files of an
@@ -17,11 +25,13 @@ interrupted language are never visible under their final names.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing as mp
 import os
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +46,7 @@ SPLITS = ("train", "heldout")
 MANIFEST = "manifest.json"
 FORMAT = "mmbert-shards"
 SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
+CHECKSUM_FIELDS = ("bin_bytes", "bin_sha256", "idx_bytes", "idx_sha256")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,15 +82,28 @@ class SplitEntry:
     sources: dict[str, int]  # source kind or corpus.json source -> documents
     bin: str                 # paths relative to the shard directory
     idx: str
+    # size and sha256 of each file; None in manifests written before they were recorded
+    bin_bytes: int | None = None
+    bin_sha256: str | None = None
+    idx_bytes: int | None = None
+    idx_sha256: str | None = None
 
     @property
     def source(self) -> str:
         return "+".join(sorted(self.sources))
 
+    @property
+    def has_checksums(self) -> bool:
+        return self.bin_sha256 is not None and self.idx_sha256 is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return {"documents": self.documents, "tokens": self.tokens, "chars": self.chars,
-                "source": self.source, "sources": self.sources, "bin": self.bin,
-                "idx": self.idx}
+        d = {"documents": self.documents, "tokens": self.tokens, "chars": self.chars,
+             "source": self.source, "sources": self.sources, "bin": self.bin,
+             "idx": self.idx}
+        for k in CHECKSUM_FIELDS:
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return d
 
 
 @dataclass(frozen=True)
@@ -149,7 +173,7 @@ class Manifest:
     def from_dict(cls, m: dict[str, Any]) -> "Manifest":
         def split(sp: dict[str, Any]) -> SplitEntry:
             return SplitEntry(sp["documents"], sp["tokens"], sp["chars"], sp["sources"],
-                              sp["bin"], sp["idx"])
+                              sp["bin"], sp["idx"], *(sp.get(k) for k in CHECKSUM_FIELDS))
 
         langs = {lang: LanguageEntry(e["code"], {s: split(sp) for s, sp in e["splits"].items()},
                                      e.get("replacements", 0))
@@ -161,6 +185,51 @@ class Manifest:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _damaged(p: Path, what: str) -> MmbertError:
+    return MmbertError(f"{p}: {what} (a damaged shard: restore it or rerun `mmbert data "
+                       f"prepare` into a new directory)")
+
+
+def _file_size(p: Path, want: int, recorded: int | None) -> None:
+    """``p`` exists and has ``want`` bytes (and the manifest's recorded size, if any)."""
+    try:
+        size = os.path.getsize(p)
+    except FileNotFoundError:
+        raise _damaged(p, f"missing; {MANIFEST} lists it") from None
+    for expected in (want, recorded):
+        if expected is not None and size != expected:
+            raise _damaged(p, f"{size} bytes on disk; the manifest says {expected} (truncated?)")
+
+
+def check_split(shards: Path, sp: SplitEntry) -> np.ndarray:
+    """The quick check of one language's split, before use; returns its document offsets.
+
+    Catches missing files, truncation or growth of either file, and any change to the
+    ``.idx``: sizes against the manifest, the sha256 of the ``.idx`` (which is read whole anyway;
+    8 bytes per document), offsets starting at 0, never decreasing and ending at the token count.
+    A changed byte inside the ``.bin`` needs the full check (:func:`verify_shards`)."""
+    bin_p, idx_p = shards / sp.bin, shards / sp.idx
+    _file_size(bin_p, 4 * sp.tokens, sp.bin_bytes)
+    _file_size(idx_p, 8 * (sp.documents + 1), sp.idx_bytes)
+    raw = idx_p.read_bytes()
+    if sp.idx_sha256 is not None and hashlib.sha256(raw).hexdigest() != sp.idx_sha256:
+        raise _damaged(idx_p, "fails its sha256 check (corrupt)")
+    off = np.frombuffer(raw, dtype="<u8").astype(np.int64)
+    if (len(off) != sp.documents + 1 or off[0] != 0 or off[-1] != sp.tokens
+            or bool(np.any(np.diff(off) < 0))):
+        raise _damaged(idx_p, f"offsets are not 0 <= ... <= {sp.tokens} in order for "
+                              f"{sp.documents} documents (corrupt)")
+    return off
+
 
 class ShardSet:
     """Read access to one split of a shard directory (memory-mapped).
@@ -207,30 +276,71 @@ class ShardSet:
     def tokens(self, lang: str) -> np.ndarray:
         """All tokens of a language (uint32 memmap)."""
         if lang not in self._tokens:
-            info = self._check(lang)
-            p = self.path / info.bin
-            n = os.path.getsize(p) // 4
-            if n != info.tokens:
-                raise MmbertError(f"{p}: {n} tokens on disk; manifest says {info.tokens} "
-                                  f"(a damaged shard: rerun `mmbert data prepare` elsewhere)")
-            self._tokens[lang] = (np.memmap(p, dtype="<u4", mode="r") if n else
-                                  np.zeros(0, dtype="<u4"))
+            self.offsets(lang)  # the quick check of both files (sizes included)
+            p = self.path / self._check(lang).bin
+            self._tokens[lang] = (np.memmap(p, dtype="<u4", mode="r") if self.num_tokens(lang)
+                                  else np.zeros(0, dtype="<u4"))
         return self._tokens[lang]
 
     def offsets(self, lang: str) -> np.ndarray:
         """Document boundaries: ``doc i = tokens[offsets[i]:offsets[i + 1]]``."""
         if lang not in self._offsets:
-            info = self._check(lang)
-            off = np.fromfile(self.path / info.idx, dtype="<u8").astype(np.int64)
-            if len(off) != info.documents + 1:
-                raise MmbertError(f"{self.path / info.idx}: {len(off) - 1} documents on "
-                                  f"disk; manifest says {info.documents}")
-            self._offsets[lang] = off
+            self._offsets[lang] = check_split(self.path, self._check(lang))
         return self._offsets[lang]
 
     def doc(self, lang: str, i: int) -> np.ndarray:
         off = self.offsets(lang)
         return self.tokens(lang)[off[i]:off[i + 1]]
+
+    def check(self, languages: Sequence[str] | None = None) -> None:
+        """The quick check (:func:`check_split`) of ``languages`` (default: all) now, before
+        anything uses them."""
+        for lang in self.languages if languages is None else languages:
+            self.offsets(lang)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify_shards` checked: files, their bytes, seconds taken; files that had no
+    checksum in the manifest and how many of those were added (``fix``)."""
+
+    files: int
+    bytes: int
+    seconds: float
+    unchecked: int
+    added: int
+
+
+def _verify_entry(shards: Path, sp: SplitEntry) -> SplitEntry:
+    """Quick check, then the sha256 of the ``.bin``; the entry with both files' checksums."""
+    check_split(shards, sp)
+    bin_sha = _sha256_file(shards / sp.bin)
+    if sp.bin_sha256 is not None and bin_sha != sp.bin_sha256:
+        raise _damaged(shards / sp.bin, "fails its sha256 check (corrupt)")
+    return replace(sp, bin_bytes=4 * sp.tokens, bin_sha256=bin_sha,
+                   idx_bytes=8 * (sp.documents + 1),
+                   idx_sha256=sp.idx_sha256 or _sha256_file(shards / sp.idx))
+
+
+def verify_shards(shards: str | Path, *, fix: bool = False) -> VerifyReport:
+    """Full check of a shard directory: the manifest, then every file's size, offsets and
+    sha256. Raises MmbertError naming the first damaged file. Files whose manifest entry has no
+    checksum (written before they were recorded) are checked for size and offsets only; with
+    ``fix`` their checksums are computed from the files as they are and written into the
+    manifest (atomically)."""
+    shards = Path(shards)
+    manifest = Manifest.read(shards)
+    t0 = time.perf_counter()
+    files = size = unchecked = 0
+    for entry in manifest.languages.values():
+        for split, sp in list(entry.splits.items()):
+            unchecked += 0 if sp.has_checksums else 2
+            entry.splits[split] = _verify_entry(shards, sp)
+            files, size = files + 2, size + 4 * sp.tokens + 8 * (sp.documents + 1)
+    if fix and unchecked:
+        manifest.write(shards)
+    return VerifyReport(files, size, time.perf_counter() - t0, unchecked,
+                        unchecked if fix else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +386,7 @@ class _SplitWriter:
         self.chars = 0
         self.kinds: dict[str, int] = {}
         self.buf: list[str] = []
+        self.bin_hash = hashlib.sha256()  # of the bytes written, so the .bin is not read back
 
     def add(self, text: str, kind: str) -> None:
         self.buf.append(text)
@@ -290,7 +401,9 @@ class _SplitWriter:
             self.handle = open(self.tmp_bin, "wb")
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype="<u4",
                            count=sum(len(x) for x in ids))
-        self.handle.write(flat.tobytes())
+        data = flat.tobytes()
+        self.handle.write(data)
+        self.bin_hash.update(data)
         for x in ids:
             self.offsets.append(self.offsets[-1] + len(x))
         self.buf = []
@@ -304,12 +417,14 @@ class _SplitWriter:
         final_bin = self.out / self.split / f"{self.lang}.bin"
         final_idx = self.out / self.split / f"{self.lang}.idx"
         tmp_idx = _temp_name(self.out, self.split, self.lang, "idx")
-        np.asarray(self.offsets, dtype="<u8").tofile(tmp_idx)
+        raw = np.asarray(self.offsets, dtype="<u8").tobytes()
+        tmp_idx.write_bytes(raw)
         os.replace(tmp_idx, final_idx)
         os.replace(self.tmp_bin, final_bin)
         return SplitEntry(len(self.offsets) - 1, int(self.offsets[-1]), self.chars,
                           sources or self.kinds, f"{self.split}/{self.lang}.bin",
-                          f"{self.split}/{self.lang}.idx")
+                          f"{self.split}/{self.lang}.idx", 4 * int(self.offsets[-1]),
+                          self.bin_hash.hexdigest(), len(raw), hashlib.sha256(raw).hexdigest())
 
     def remove_temp(self) -> None:
         self.close()

@@ -237,6 +237,8 @@ def prepare(recipe: Recipe, variant: str | None = None) -> Prepared:
             key, phase = (i, v.name if v else None), ph.variant(v.name) if v else ph
             langs[key], replay[key] = _phase_languages(
                 shardset, phase, f"{where}.variants[{j}]" if v else where, manifest)
+    # the quick corruption check of every shard the run reads, before anything is written
+    shardset.check(sorted({x for d in (langs, replay) for ls in d.values() for x in ls}))
     tok = None
     vocab = None
     special: dict[str, int] = {}
