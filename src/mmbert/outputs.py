@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from mmbert.errors import MmbertError
+from mmbert.faults import kill_point
 
 
 # errno -> the words of a write failure that rerunning after fixing the machine can cure
@@ -85,6 +86,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        kill_point(f"atomic:{p.name}")
         os.replace(tmp, p)
     except OSError as e:
         err = write_error(p, e)
@@ -215,6 +217,7 @@ class OutputDir:
             raise err from None
 
     def _publish(self) -> None:
+        kill_point(f"publish:{self.out.name}")
         old = None
         if self.out.is_dir():
             old = _sibling(self.out, "old")

@@ -40,6 +40,7 @@ import numpy as np
 from mmbert.data.sources import (DecodeStats, Input, heldout_by_hash, iter_input, only_languages,
                                  scan_corpus)
 from mmbert.errors import MmbertError
+from mmbert.faults import kill_point
 from mmbert.outputs import read_json, write_json
 
 SPLITS = ("train", "heldout")
@@ -419,6 +420,7 @@ class _SplitWriter:
         tmp_idx = _temp_name(self.out, self.split, self.lang, "idx")
         raw = np.asarray(self.offsets, dtype="<u8").tobytes()
         tmp_idx.write_bytes(raw)
+        kill_point(f"shard:{self.split}/{self.lang}")
         os.replace(tmp_idx, final_idx)
         os.replace(self.tmp_bin, final_bin)
         return SplitEntry(len(self.offsets) - 1, int(self.offsets[-1]), self.chars,

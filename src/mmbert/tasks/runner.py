@@ -84,6 +84,7 @@ def run_finetune(task: FinetuneTask, model_dir: str | Path, train_path: str | Pa
     train = train_examples if train_examples is not None else task.read(train_path)
     dev = eval_examples if eval_examples is not None else (
         task.read(eval_path) if eval_path else None)
+    set_seed(opts.seed)  # the new head's initialisation too: the same --seed, the same model
     run = task.prepare(model_dir, tt, train, dev, opts, Sources(str(train_path), str(eval_path)))
     with out as tmp:
         history = fit(run.model, run.make_batches, run.loss, epochs=opts.epochs, lr=opts.lr,

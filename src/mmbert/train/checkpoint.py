@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from mmbert.errors import MmbertError
+from mmbert.faults import kill_point
 from mmbert.outputs import WriteError, write_error
 from mmbert.train.records import FORMAT, TRAINER_JSON, TrainerRecord, read_trainer_record
 
@@ -80,6 +81,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _fault(step: int) -> None:
     if os.environ.get(FAULT_ENV) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
+    kill_point(f"checkpoint:{step}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ import torch
 from mmbert.config import IGNORE_INDEX
 from mmbert.recipe import PhaseConfig, Recipe, recipe_from_dict
 from mmbert.errors import MmbertError
+from mmbert.faults import kill_point
 from mmbert.outputs import OutputDir, read_json, write_json
 import mmbert.train.checkpoint as ckpt
 from mmbert.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
@@ -492,6 +493,7 @@ class Trainer:
                     rolled_back_from, t_last = bad_step, time.perf_counter()
                     continue
             state.step += 1
+            kill_point(f"step:{state.step}")
             state.phase_steps += 1
             state.phase_tokens += step_tokens
             state.tokens += step_tokens
@@ -774,6 +776,7 @@ def _run_branch(trainer: "Trainer", br: _Branch, state: TrainState, data_states:
         for pi, phase, export_dir in br.phases:
             state, path, loss = trainer.run_phase(pi, phase, br.variant, state, data_states,
                                                   br.root, metrics, bar)
+            kill_point(f"phase-end:{branch_label(phase.name, br.variant)}")
             data_states = None
             trainer.export(path, export_dir)
             barrier(env)
@@ -782,6 +785,18 @@ def _run_branch(trainer: "Trainer", br: _Branch, state: TrainState, data_states:
         if metrics is not None:
             metrics.close()
     return out
+
+
+def _export_missing(trainer: "Trainer", root: Path, exports: dict[int, Path]) -> None:
+    """Main rank, on resume: export the finished phases (phase index -> export directory)
+    whose export is missing: a run killed after a phase-end checkpoint and before (or during)
+    its export resumes after that phase, so the export is written here from its checkpoint."""
+    if all(out.exists() for out in exports.values()):
+        return
+    ends = _phase_end_checkpoints(root)
+    for pi, out in exports.items():
+        if not out.exists() and pi in ends:
+            trainer.export(ends[pi], out)
 
 
 def _run_trunk(trainer: "Trainer", recipe: Recipe, run_dir: Path, resume: bool, bar: Any,
@@ -797,6 +812,8 @@ def _run_trunk(trainer: "Trainer", recipe: Recipe, run_dir: Path, resume: bool, 
         log(f"resumed from {c.path} (step {state.step}, {state.tokens:,} tokens)")
     if env.is_main:
         bar.update(sum(p.tokens for p in trunk[:state.phase_index]) + state.phase_tokens)
+        _export_missing(trainer, root, {pi: run_dir / "export" / trunk[pi].name
+                                        for pi in range(state.phase_index)})
     br = _Branch(None, root, run_dir / METRICS,
                  [(pi, trunk[pi], run_dir / "export" / trunk[pi].name)
                   for pi in range(state.phase_index, len(trunk))])
@@ -822,6 +839,7 @@ def _run_variant(trainer: "Trainer", recipe: Recipe, run_dir: Path, name: str,
     if pi in done:  # finished earlier
         if env.is_main:
             bar.update(recipe.phases[-1].tokens)
+            _export_missing(trainer, vdir / "checkpoints", {pi: vdir / "export"})
         return _phase_result(done[pi], vdir / "export", None)
     c = _latest(vdir / "checkpoints", env, log) if resume else None
     if c is not None:
