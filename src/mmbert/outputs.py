@@ -37,6 +37,7 @@ published before stays as it was. :func:`write_error` makes one from an ``OSErro
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -98,6 +99,15 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         except OSError:  # a read-only parent: nothing could have been created there
             pass
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -41,7 +41,7 @@ from mmbert.data.sources import (DecodeStats, Input, heldout_by_hash, iter_input
                                  scan_corpus)
 from mmbert.errors import MmbertError
 from mmbert.faults import kill_point
-from mmbert.outputs import read_json, write_json
+from mmbert.outputs import read_json, sha256_file, write_json
 
 SPLITS = ("train", "heldout")
 MANIFEST = "manifest.json"
@@ -187,14 +187,6 @@ class Manifest:
 # Reading
 # ---------------------------------------------------------------------------------------------
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _damaged(p: Path, what: str) -> MmbertError:
     return MmbertError(f"{p}: {what} (a damaged shard: restore it or rerun `mmbert data "
                        f"prepare` into a new directory)")
@@ -315,12 +307,12 @@ class VerifyReport:
 def _verify_entry(shards: Path, sp: SplitEntry) -> SplitEntry:
     """Quick check, then the sha256 of the ``.bin``; the entry with both files' checksums."""
     check_split(shards, sp)
-    bin_sha = _sha256_file(shards / sp.bin)
+    bin_sha = sha256_file(shards / sp.bin)
     if sp.bin_sha256 is not None and bin_sha != sp.bin_sha256:
         raise _damaged(shards / sp.bin, "fails its sha256 check (corrupt)")
     return replace(sp, bin_bytes=4 * sp.tokens, bin_sha256=bin_sha,
                    idx_bytes=8 * (sp.documents + 1),
-                   idx_sha256=sp.idx_sha256 or _sha256_file(shards / sp.idx))
+                   idx_sha256=sp.idx_sha256 or sha256_file(shards / sp.idx))
 
 
 def verify_shards(shards: str | Path, *, fix: bool = False) -> VerifyReport:

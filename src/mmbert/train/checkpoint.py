@@ -22,7 +22,6 @@ phase can be evaluated later; of the others the last ``keep_last`` are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import torch
 
 from mmbert.errors import MmbertError
 from mmbert.faults import kill_point
-from mmbert.outputs import WriteError, write_error
+from mmbert.outputs import WriteError, sha256_file, write_error
 from mmbert.train.records import FORMAT, TRAINER_JSON, TrainerRecord, read_trainer_record
 
 PREFIX = "step-"
@@ -48,14 +47,6 @@ FAULT_ENV = "MMBERT_FAULT_KILL_IN_CHECKPOINT"
 
 def step_dir_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -169,7 +160,7 @@ def _write_step(root: Path, step: int, tmp: Path, final: Path, write_model: Call
         _write_json(tmp / f"rank-{r:05d}.json", st)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {"format": FORMAT, "step": step, "files": {
-        str(p.relative_to(tmp)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files}}
+        str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
     for p in files:  # make the data durable before the rename publishes it
         with open(p, "rb") as f:
             os.fsync(f.fileno())
@@ -241,7 +232,7 @@ def verify(path: Path) -> None:
         if size != info.get("bytes"):
             raise MmbertError(f"checkpoint {path}: {rel} has {size} bytes, manifest says "
                               f"{info.get('bytes')} (truncated?)")
-        if _sha256(p) != info.get("sha256"):
+        if sha256_file(p) != info.get("sha256"):
             raise MmbertError(f"checkpoint {path}: {rel} fails its sha256 check (corrupt)")
 
 
