@@ -316,3 +316,21 @@ def test_crash_pretrain(recipe, ref_run, tmp_path, point):
                                        for c, p in OUTPUT])
 def test_crash_output_commands(cmd, point, ref_run, finetune_files, tmp_path):
     crash_output(cmd, ref_run, finetune_files, tmp_path, point)
+
+
+def test_killed_prepare_worker_stops_then_rerun_completes(data, ref_shards,  # noqa: F811
+                                                          tmp_path):
+    """A tokenizer worker killed mid-write (the out-of-memory killer picks one process) stops
+    `data prepare --workers 2` with one error line instead of leaving it waiting forever; the
+    rerun finishes the same shards as an uninterrupted run."""
+    out = tmp_path / "shards"
+    args = [*prepare_args(data, out)[:-1], "2"]  # --workers 2
+    r = subprocess.run([sys.executable, "-m", "mmbert.cli", *args], capture_output=True,
+                       text=True, env=dict(ENV, MMBERT_KILL_AT="shard:train/fin_Latn"),
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert err[-1].startswith("error: data prepare: a tokenizer worker process died"), err
+    assert_consistent_shards(out)
+    assert cli(args).returncode == 0
+    assert not tree_differences(ref_shards, out)

@@ -543,10 +543,20 @@ def _run_jobs(jobs: list[_Job], workers: int, tokenizer: str | Path, tok: Any,
         for job in jobs:
             collect(*_run_job(job))
     else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-            for res in pool.imap_unordered(_run_job, jobs):
-                collect(*res)
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker)
+        try:
+            for fut in as_completed([pool.submit(_run_job, job) for job in jobs]):
+                collect(*fut.result())
+        except BrokenProcessPool:  # a worker was killed (e.g. out of memory): stop, never hang
+            raise MmbertError("data prepare: a tokenizer worker process died (killed, e.g. out "
+                              "of memory); the finished languages are in the manifest: rerun "
+                              "the same command to continue (or use fewer --workers)") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
