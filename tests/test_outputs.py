@@ -62,6 +62,25 @@ def test_overwrite_replaces_non_empty_dir(tmp_path):
     assert not _leftovers(out)
 
 
+def test_overwrite_swaps_in_one_step_on_linux(tmp_path, monkeypatch):
+    """With --overwrite, the new directory and the old one trade places atomically: no moment
+    without an output (the old one is never renamed aside)."""
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    renames: list[tuple[Path, Path]] = []
+    real = Path.rename
+    monkeypatch.setattr(Path, "rename", lambda self, t: renames.append((self, t)) or real(self, t))
+    with OutputDir(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or old sibling left
+    if sys.platform.startswith("linux"):
+        assert renames == []  # renameat2(RENAME_EXCHANGE), not rename-away + rename-in
+
+
 @pytest.mark.parametrize("exists", [False, True])
 def test_failure_mid_write_keeps_old_contents_and_no_temp(tmp_path, exists):
     out = _old_dir(tmp_path) if exists else tmp_path / "out"

@@ -174,6 +174,24 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), so an output
+    replaced with ``--overwrite`` is never missing, even if the process dies mid-way. False
+    where the system or filesystem cannot (the caller falls back to two renames)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 class OutputDir:
     """``with OutputDir(out, overwrite=...) as tmp:`` write the whole output into ``tmp``; it
     becomes ``out`` when the block succeeds (the rule is in this module's docstring)."""
@@ -228,8 +246,11 @@ class OutputDir:
 
     def _publish(self) -> None:
         kill_point(f"publish:{self.out.name}")
+        if self.out.is_dir() and _exchange(self.tmp, self.out):
+            shutil.rmtree(self.tmp, ignore_errors=True)  # now the previous output
+            return
         old = None
-        if self.out.is_dir():
+        if self.out.is_dir():  # no atomic exchange here: two renames, the old one put back
             old = _sibling(self.out, "old")
             shutil.rmtree(old, ignore_errors=True)
             self.out.rename(old)
