@@ -12,7 +12,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,onnx]'
+	$(PIP) install -q -e '.[dev,onnx,scale]'
+	# MDSWriter for the MDS tests: installed without the transformers<5 / numpy<2.2 pins it declares
+	$(PIP) install -q --no-deps mosaicml-streaming==0.13.0
 	touch $@
 
 venv: $(VENV)/.installed

@@ -37,8 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmbert.data.sources import (DecodeStats, Input, heldout_by_hash, iter_input, only_languages,
-                                 scan_corpus)
+from mmbert.data.sources import (DecodeStats, Document, Input, heldout_by_hash, iter_input,
+                                 only_languages, scan_corpus)
 from mmbert.errors import MmbertError
 from mmbert.faults import kill_point
 from mmbert.outputs import read_json, sha256_file, write_json
@@ -381,15 +381,18 @@ class _SplitWriter:
         self.buf: list[str] = []
         self.bin_hash = hashlib.sha256()  # of the bytes written, so the .bin is not read back
 
-    def add(self, text: str, kind: str) -> None:
-        self.buf.append(text)
-        self.chars += len(text)
+    def add(self, doc: Document, kind: str) -> None:
+        """Queue a document: its text (tokenised at the next flush) or its ids if pre-tokenised."""
+        self.buf.append(doc.text if doc.ids is None else np.asarray(doc.ids, dtype="<u4"))
+        self.chars += len(doc.text)
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def flush(self, tok) -> None:
         if not self.buf:
             return
-        ids = tok.encode_batch(self.buf)
+        texts = [x for x in self.buf if isinstance(x, str)]
+        encoded = iter(tok.encode_batch(texts) if texts else [])
+        ids = [next(encoded) if isinstance(x, str) else x for x in self.buf]
         if self.handle is None:
             self.handle = open(self.tmp_bin, "wb")
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype="<u4",
@@ -434,9 +437,9 @@ def _tokenize_language(job: _Job, batch_docs: int = 256) -> LanguageEntry:
     try:
         for inp in job.inputs:
             for doc in iter_input(inp, job.lang, job.errors, stats):
-                split = inp.split or ("heldout" if heldout_by_hash(doc.text, job.heldout_fraction)
+                split = inp.split or ("heldout" if heldout_by_hash(doc, job.heldout_fraction)
                                       else "train")
-                writers[split].add(doc.text, inp.kind)
+                writers[split].add(doc, inp.kind)
                 if len(writers[split].buf) >= batch_docs:
                     writers[split].flush(tok)
         for w in writers.values():

@@ -29,7 +29,9 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
 
 from mmbert.data.langcodes import check_code, normalize_lang
 from mmbert.errors import MmbertError
@@ -43,6 +45,8 @@ class Document(NamedTuple):
     text: str
     source: str
     doc_id: str
+    # token ids of a pre-tokenised source (MDS ``input_ids``): a uint32 array, ``text`` is ""
+    ids: Any = None
 
 
 def cache_dir() -> Path:
@@ -568,6 +572,10 @@ def iter_input(inp: Input, lang: str, errors: str = "strict",
     return iter_parquet(Path(inp.path), lang)
 
 
-def heldout_by_hash(text: str, fraction: float) -> bool:
-    """Deterministic held-out choice for plain corpora: hash of the text (ids may repeat)."""
-    return fraction > 0 and stable_hash(text) % 1_000_000 < fraction * 1_000_000
+def heldout_by_hash(doc: Document, fraction: float) -> bool:
+    """Deterministic held-out choice for plain corpora: hash of the text (document ids may
+    repeat), or of the token ids (hex of their uint32 bytes) for a pre-tokenised document."""
+    if fraction <= 0:
+        return False
+    key = doc.text if doc.ids is None else np.asarray(doc.ids, dtype="<u4").tobytes().hex()
+    return stable_hash(key) % 1_000_000 < fraction * 1_000_000
