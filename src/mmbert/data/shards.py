@@ -351,48 +351,53 @@ class _Job:
     sources: dict[str, dict[str, int]]  # split -> {source: documents}, from corpus.json
 
 
-_WORKER_TOK: dict[str, Any] = {}
+_PROCESS_TOK: dict[str, Any] = {}
 
 
-def _worker_tokenizer(path: str):
-    if path not in _WORKER_TOK:
+def worker_tokenizer(path: str):
+    """The tokenizer at ``path``, loaded once per process."""
+    if path not in _PROCESS_TOK:
         from mmbert.tokenizer import load_tokenizer
 
-        _WORKER_TOK.clear()
-        _WORKER_TOK[path] = load_tokenizer(path)
-    return _WORKER_TOK[path]
+        _PROCESS_TOK.clear()
+        _PROCESS_TOK[path] = load_tokenizer(path)
+    return _PROCESS_TOK[path]
 
 
-def _temp_name(out: Path, split: str, lang: str, ext: str) -> Path:
-    return out / split / f".{lang}.{ext}.tmp-{os.getpid()}"
+def _temp_name(final: Path) -> Path:
+    return final.parent / f".{final.name}.tmp-{os.getpid()}"
 
 
-class _SplitWriter:
-    """One language's documents of one split: token ids appended to a temp ``.bin`` in batches,
-    offsets, characters and document counts per source kind kept for the manifest."""
+class SplitWriter:
+    """Documents of one language and split, written to ``out/<stem>.bin`` and ``.idx``: token ids
+    appended to a temp ``.bin`` in batches (texts are tokenised at each flush, pre-tokenised ids
+    are checked against the vocabulary), offsets, characters and documents per source kind kept
+    for the manifest; :meth:`publish` renames both files into place."""
 
-    def __init__(self, out: Path, split: str, lang: str) -> None:
-        self.out, self.split, self.lang = out, split, lang
-        self.tmp_bin = _temp_name(out, split, lang, "bin")
+    def __init__(self, out: Path, stem: str) -> None:
+        self.out, self.stem = out, stem
+        self.final_bin, self.final_idx = out / f"{stem}.bin", out / f"{stem}.idx"
+        self.tmp_bin = _temp_name(self.final_bin)
         self.handle: Any = None  # opened with the first batch: a split without documents has none
         self.offsets = [0]
         self.chars = 0
         self.kinds: dict[str, int] = {}
-        self.buf: list[str] = []
+        self.buf: list[tuple[Any, str]] = []  # (text or uint32 ids, document id)
         self.bin_hash = hashlib.sha256()  # of the bytes written, so the .bin is not read back
 
     def add(self, doc: Document, kind: str) -> None:
         """Queue a document: its text (tokenised at the next flush) or its ids if pre-tokenised."""
-        self.buf.append(doc.text if doc.ids is None else np.asarray(doc.ids, dtype="<u4"))
+        ids = None if doc.ids is None else np.asarray(doc.ids, dtype="<u4")
+        self.buf.append((doc.text if ids is None else ids, doc.doc_id))
         self.chars += len(doc.text)
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def flush(self, tok) -> None:
         if not self.buf:
             return
-        texts = [x for x in self.buf if isinstance(x, str)]
-        encoded = iter(tok.encode_batch(texts) if texts else [])
-        ids = [next(encoded) if isinstance(x, str) else x for x in self.buf]
+        encoded = iter(tok.encode_batch([x for x, _ in self.buf if isinstance(x, str)]))
+        ids = [next(encoded) if isinstance(x, str) else _check_ids(x, doc_id, tok)
+               for x, doc_id in self.buf]
         if self.handle is None:
             self.handle = open(self.tmp_bin, "wb")
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype="<u4",
@@ -410,45 +415,60 @@ class _SplitWriter:
 
     def publish(self, sources: dict[str, int] | None) -> SplitEntry:
         """Write the offsets, rename both files to their final names; the manifest entry."""
-        final_bin = self.out / self.split / f"{self.lang}.bin"
-        final_idx = self.out / self.split / f"{self.lang}.idx"
-        tmp_idx = _temp_name(self.out, self.split, self.lang, "idx")
+        tmp_idx = _temp_name(self.final_idx)
         raw = np.asarray(self.offsets, dtype="<u8").tobytes()
         tmp_idx.write_bytes(raw)
-        kill_point(f"shard:{self.split}/{self.lang}")
-        os.replace(tmp_idx, final_idx)
-        os.replace(self.tmp_bin, final_bin)
+        kill_point(f"shard:{self.stem}")
+        os.replace(tmp_idx, self.final_idx)
+        os.replace(self.tmp_bin, self.final_bin)
         return SplitEntry(len(self.offsets) - 1, int(self.offsets[-1]), self.chars,
-                          sources or self.kinds, f"{self.split}/{self.lang}.bin",
-                          f"{self.split}/{self.lang}.idx", 4 * int(self.offsets[-1]),
-                          self.bin_hash.hexdigest(), len(raw), hashlib.sha256(raw).hexdigest())
+                          sources or self.kinds, f"{self.stem}.bin", f"{self.stem}.idx",
+                          4 * int(self.offsets[-1]), self.bin_hash.hexdigest(), len(raw),
+                          hashlib.sha256(raw).hexdigest())
 
     def remove_temp(self) -> None:
         self.close()
-        for p in (self.tmp_bin, _temp_name(self.out, self.split, self.lang, "idx")):
+        for p in (self.tmp_bin, _temp_name(self.final_idx)):
             p.unlink(missing_ok=True)
 
 
-def _tokenize_language(job: _Job, batch_docs: int = 256) -> LanguageEntry:
-    """Tokenise one language into temp files, rename them, return its manifest entry."""
-    tok = _worker_tokenizer(job.tokenizer)
+def _check_ids(ids: np.ndarray, doc_id: str, tok) -> np.ndarray:
+    if ids.size and int(ids.max()) >= tok.vocab_size:
+        raise MmbertError(f"{doc_id}: token id {int(ids.max())} is outside the tokenizer's "
+                          f"vocabulary ({tok.vocab_size}); expected ids made with the tokenizer "
+                          f"given by --tokenizer")
+    return ids
+
+
+def tokenize_inputs(inputs: Sequence[Input], lang: str, tok, writers: dict[str, SplitWriter],
+                    heldout_fraction: float, errors: str, batch_docs: int = 256) -> int:
+    """Tokenise the documents of ``lang`` in ``inputs`` (in order) into ``writers`` (one per
+    split); returns the number of invalid UTF-8 sequences replaced."""
     stats = DecodeStats()
-    writers = {s: _SplitWriter(Path(job.out), s, job.lang) for s in SPLITS}
+    for inp in inputs:
+        for doc in iter_input(inp, lang, errors, stats):
+            split = inp.split or ("heldout" if heldout_by_hash(doc, heldout_fraction)
+                                  else "train")
+            writers[split].add(doc, inp.kind)
+            if len(writers[split].buf) >= batch_docs:
+                writers[split].flush(tok)
+    for w in writers.values():
+        w.flush(tok)
+    for w in writers.values():
+        w.close()
+    return stats.total
+
+
+def _tokenize_language(job: _Job) -> LanguageEntry:
+    """Tokenise one language into temp files, rename them, return its manifest entry."""
+    tok = worker_tokenizer(job.tokenizer)
+    writers = {s: SplitWriter(Path(job.out), f"{s}/{job.lang}") for s in SPLITS}
     try:
-        for inp in job.inputs:
-            for doc in iter_input(inp, job.lang, job.errors, stats):
-                split = inp.split or ("heldout" if heldout_by_hash(doc, job.heldout_fraction)
-                                      else "train")
-                writers[split].add(doc, inp.kind)
-                if len(writers[split].buf) >= batch_docs:
-                    writers[split].flush(tok)
-        for w in writers.values():
-            w.flush(tok)
-        for w in writers.values():
-            w.close()
+        replaced = tokenize_inputs(job.inputs, job.lang, tok, writers, job.heldout_fraction,
+                                   job.errors)
         splits = {s: w.publish(job.sources.get(s)) for s, w in writers.items()
                   if w.handle is not None}
-        return LanguageEntry(job.lang, splits, stats.total)
+        return LanguageEntry(job.lang, splits, replaced)
     finally:
         for w in writers.values():
             w.remove_temp()
@@ -541,8 +561,8 @@ def _run_jobs(jobs: list[_Job], workers: int, tokenizer: str | Path, tok: Any,
               collect: _Collector) -> None:
     """Tokenise in this process (one worker or one job) or in a pool of ``workers``."""
     if workers == 1 or len(jobs) <= 1:
-        _WORKER_TOK.clear()
-        _WORKER_TOK[str(tokenizer)] = tok  # in this process: no second load
+        _PROCESS_TOK.clear()
+        _PROCESS_TOK[str(tokenizer)] = tok  # in this process: no second load
         for job in jobs:
             collect(*_run_job(job))
     else:
