@@ -110,10 +110,21 @@ def _cmd_fetch_demo(a: argparse.Namespace) -> None:
 
 
 def _cmd_prepare(a: argparse.Namespace) -> None:
+    from mmbert.data.executors import ClusterOptions, SlurmSubmission
     from mmbert.data.shards import prepare
 
+    cluster = ClusterOptions(a.tasks, a.workers, a.partition, a.time, a.cpus_per_task,
+                             a.mem_per_cpu_gb, a.slurm_env, a.dry_run, a.ray_address)
     m = prepare(a.corpus, a.tokenizer, a.out, errors=a.errors, workers=a.workers,
-                heldout_fraction=a.heldout_fraction, languages=_langs_arg(a.languages))
+                heldout_fraction=a.heldout_fraction, languages=_langs_arg(a.languages),
+                executor=a.executor, cluster=cluster)
+    if isinstance(m, SlurmSubmission):
+        what = "written (dry run, nothing submitted)" if m.dry_run else "submitted"
+        print(f"{a.out}: Slurm jobs {what}: tokenize {m.job_ids[0]}, merge {m.job_ids[1]} "
+              f"(after the tokenize job); scripts {m.scripts[0]} and {m.scripts[1]}")
+        if m.dry_run:
+            print(m.scripts[0].read_text(), end="")
+        return
     tok = {s: sum(e.splits[s].tokens for e in m.languages.values() if s in e.splits)
            for s in ("train", "heldout")}
     print(f"{a.out}: {len(m.languages)} languages, {tok['train']:,} train and "
@@ -207,10 +218,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="shard directory (reruns skip finished languages)")
     p.add_argument("--errors", choices=("strict", "replace"), default="strict",
                    help="invalid UTF-8: stop (strict) or substitute U+FFFD and count (replace)")
-    p.add_argument("--workers", type=int, default=2, help="tokenizer processes")
     p.add_argument("--heldout-fraction", type=float, default=0.0,
                    help="plain corpora: share of documents (by text hash) held out")
     p.add_argument("--languages", default=None, help="comma-separated codes (default: all)")
+    _add_executor_flags(p)
     p.set_defaults(func=_cmd_prepare)
     p = dsub.add_parser("verify", help="check every shard file against the manifest (sizes, "
                         "offsets, sha256); a damaged file is one error line, exit 2")
@@ -235,6 +246,34 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", choices=("train", "heldout"))
     p.add_argument("--limit", type=int, default=40, help="rows to print (0: all)")
     p.set_defaults(func=_cmd_plan)
+
+
+def _add_executor_flags(p: argparse.ArgumentParser) -> None:
+    from mmbert.data.executors import EXECUTORS, ClusterOptions
+
+    d = ClusterOptions()
+    g = p.add_argument_group("where the work runs (datatrove executors: pip install "
+                             "'mmbert[scale]'; docs/scale.md)")
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: a process pool, one language per job; datatrove-local / slurm "
+                   "/ ray: datatrove tasks of one input file each, then a merge (same shards)")
+    g.add_argument("--workers", type=int, default=None, help="processes at once (local, "
+                   "datatrove-local: default 2; ray: default all tasks), or the Slurm array's "
+                   "running-task limit (default: none)")
+    g.add_argument("--tasks", type=int, default=d.tasks,
+                   help="datatrove tasks (default: one per input file, at most 1000)")
+    g.add_argument("--partition", default=d.partition, help="slurm: partition (required)")
+    g.add_argument("--time", default=d.time, help="slurm: time limit per task")
+    g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task,
+                   help="slurm / ray: CPUs reserved per task")
+    g.add_argument("--mem-per-cpu-gb", type=float, default=d.mem_per_cpu_gb,
+                   help="slurm / ray: memory per CPU")
+    g.add_argument("--slurm-env", default=d.env_command, help="slurm: shell line run before "
+                   "each task (default: activate this Python environment)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="slurm: write the sbatch scripts and print them, submit nothing")
+    g.add_argument("--ray-address", default=d.ray_address,
+                   help="ray: cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
 
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:

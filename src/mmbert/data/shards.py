@@ -48,6 +48,7 @@ MANIFEST = "manifest.json"
 FORMAT = "mmbert-shards"
 SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
 CHECKSUM_FIELDS = ("bin_bytes", "bin_sha256", "idx_bytes", "idx_sha256")
+DEFAULT_WORKERS = 2  # tokenizer processes of the local path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +97,11 @@ class SplitEntry:
     @property
     def has_checksums(self) -> bool:
         return self.bin_sha256 is not None and self.idx_sha256 is not None
+
+    @classmethod
+    def from_dict(cls, sp: dict[str, Any]) -> "SplitEntry":
+        return cls(sp["documents"], sp["tokens"], sp["chars"], sp["sources"], sp["bin"],
+                   sp["idx"], *(sp.get(k) for k in CHECKSUM_FIELDS))
 
     def to_dict(self) -> dict[str, Any]:
         d = {"documents": self.documents, "tokens": self.tokens, "chars": self.chars,
@@ -172,11 +178,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, m: dict[str, Any]) -> "Manifest":
-        def split(sp: dict[str, Any]) -> SplitEntry:
-            return SplitEntry(sp["documents"], sp["tokens"], sp["chars"], sp["sources"],
-                              sp["bin"], sp["idx"], *(sp.get(k) for k in CHECKSUM_FIELDS))
-
-        langs = {lang: LanguageEntry(e["code"], {s: split(sp) for s, sp in e["splits"].items()},
+        langs = {lang: LanguageEntry(e["code"], {s: SplitEntry.from_dict(sp)
+                                                 for s, sp in e["splits"].items()},
                                      e.get("replacements", 0))
                  for lang, e in m["languages"].items()}
         return cls(TokenizerInfo(**m["tokenizer"]), m["corpus"], m["heldout_fraction"], langs,
@@ -482,12 +485,12 @@ def _run_job(job: _Job) -> tuple[str, LanguageEntry | None, str | None]:
         return job.lang, None, str(e)
 
 
-def _check_options(errors: str, heldout_fraction: float, workers: int) -> None:
+def _check_options(errors: str, heldout_fraction: float, workers: int | None) -> None:
     if errors not in ("strict", "replace"):
         raise MmbertError(f"--errors {errors!r}: expected 'strict' or 'replace'")
     if not 0.0 <= heldout_fraction < 1.0:
         raise MmbertError(f"--heldout-fraction {heldout_fraction}: expected a value in [0, 1)")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise MmbertError(f"--workers {workers}: expected at least 1")
 
 
@@ -583,33 +586,54 @@ def _run_jobs(jobs: list[_Job], workers: int, tokenizer: str | Path, tok: Any,
 
 
 def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
-            errors: str = "strict", workers: int = 2, heldout_fraction: float = 0.0,
-            languages: Sequence[str] | None = None, progress: bool = True) -> Manifest:
+            errors: str = "strict", workers: int | None = None, heldout_fraction: float = 0.0,
+            languages: Sequence[str] | None = None, progress: bool = True,
+            executor: str = "local", cluster: Any = None) -> Any:
     """Tokenise ``corpus`` into shards under ``out`` (see the module docstring).
 
-    ``workers`` processes tokenise one language each at a time. Plain corpora go to the train
-    split; ``heldout_fraction`` moves that fraction of documents (by a hash of the text) to
-    ``heldout``. A rerun skips the languages the manifest lists. Returns the manifest.
+    ``executor="local"``: ``workers`` processes (default 2) tokenise one language each at a
+    time. ``"datatrove-local"``, ``"slurm"``, ``"ray"``: datatrove runs the work in units of one
+    input file (:mod:`mmbert.data.executors`; ``cluster`` is its
+    :class:`~mmbert.data.executors.ClusterOptions`), with the same shards as a result. Plain
+    corpora go to the train split; ``heldout_fraction`` moves that fraction of documents (by a
+    hash of the text) to ``heldout``. A rerun skips the languages the manifest lists. Returns
+    the manifest (Slurm: the submission; the merge job writes the manifest).
     """
-    from tqdm import tqdm
-
     _check_options(errors, heldout_fraction, workers)
     corpus, out = Path(corpus), Path(out)
     tok, tok_info = _tokenizer_info(tokenizer)
     inputs = only_languages(scan_corpus(corpus, errors), languages, corpus)
-    sources = _corpus_sources(corpus)
     manifest = _start_manifest(out, corpus, tok_info, heldout_fraction)
     for s in SPLITS:
         (out / s).mkdir(parents=True, exist_ok=True)
     _remove_temp_files(out)
-
     done = manifest.languages
-    todo = [lang for lang in inputs if not (lang in done and done[lang].is_complete(out))]
-    todo.sort(key=lambda lang: -sum(os.path.getsize(i.path) for i in inputs[lang]))
-    jobs = [_Job(lang, inputs[lang], str(tokenizer), str(out), heldout_fraction, errors,
-                 {s: v.get("sources", {}) for s, v in sources.get(lang, {}).items()})
-            for lang in todo]
+    todo = {lang: ins for lang, ins in inputs.items()
+            if not (lang in done and done[lang].is_complete(out))}
+    sources = {lang: {s: v.get("sources", {}) for s, v in split.items()}
+               for lang, split in _corpus_sources(corpus).items() if lang in todo}
     manifest.write(out)
+    if executor != "local":
+        from mmbert.data import executors, units  # datatrove engines: the `scale` extra
+
+        opts = cluster or executors.ClusterOptions(workers=workers)
+        plan = units.UnitPlan.build(todo, opts.tasks, tokenizer=str(tokenizer), out=str(out),
+                                    heldout_fraction=heldout_fraction, errors=errors,
+                                    sources=sources)
+        return executors.run_executor(executor, plan, manifest, opts)
+    return _prepare_local(todo, sources, manifest, out, tokenizer, tok, heldout_fraction,
+                          errors, workers or DEFAULT_WORKERS, progress)
+
+
+def _prepare_local(todo: dict[str, list[Input]], sources: dict[str, Any], manifest: Manifest,
+                   out: Path, tokenizer: str | Path, tok: Any, heldout_fraction: float,
+                   errors: str, workers: int, progress: bool) -> Manifest:
+    """The local path: a pool of ``workers`` processes, one language per job."""
+    from tqdm import tqdm
+
+    order = sorted(todo, key=lambda lang: -sum(os.path.getsize(i.path) for i in todo[lang]))
+    jobs = [_Job(lang, todo[lang], str(tokenizer), str(out), heldout_fraction, errors,
+                 sources.get(lang, {})) for lang in order]
     bar = tqdm(total=len(jobs), desc="prepare", unit="lang", disable=not progress or None)
     collect = _Collector(manifest, out, bar)
     try:

@@ -1,0 +1,57 @@
+"""The two datatrove pipeline steps of ``mmbert data prepare --executor ...`` (see
+:mod:`mmbert.data.executors`). This module imports datatrove: import it only once the ``scale``
+extra is known to be installed (:func:`mmbert.data.executors.require`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from datatrove.pipeline.base import PipelineStep
+
+from mmbert.data.shards import Manifest
+from mmbert.data.units import UnitPlan, merge_parts, tokenize_unit
+
+
+class TokenizeUnits(PipelineStep):
+    """datatrove step: tokenise task ``rank``'s units into part files."""
+
+    name = "mmbert tokenize"
+    type = "Tokenizer"
+
+    def __init__(self, plan: UnitPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+        for unit in self.plan.units_of(rank):
+            with self.track_time("unit"):
+                counts = tokenize_unit(self.plan, unit)
+            self.stat_update("units")
+            self.stat_update("documents", value=counts["documents"])
+            self.stat_update("tokens", value=counts["tokens"])
+            self.stat_update("input_bytes", value=unit.size, unit="unit")
+        yield from ()
+
+
+class MergeShards(PipelineStep):
+    """datatrove step: concatenate the parts into shards and write ``manifest.json``."""
+
+    name = "mmbert merge"
+    type = "Writer"
+
+    def __init__(self, plan: UnitPlan, manifest: Manifest) -> None:
+        super().__init__()
+        self.plan, self.manifest = plan, manifest
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+        done = 0
+        for entry in merge_parts(self.plan, self.manifest):
+            self.stat_update("languages")
+            self.stat_update("tokens", value=entry.tokens)
+            self.stat_update("replacements", value=entry.replacements)
+            done += entry.replacements
+        self.manifest.replacements = sum(e.replacements for e in self.manifest.languages.values())
+        self.manifest.replacements_this_run = done
+        self.manifest.write(Path(self.plan.out))
+        yield from ()
