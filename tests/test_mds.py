@@ -278,12 +278,15 @@ def test_prepare_mds_text_is_byte_identical_to_text_files(streaming, tmp_path, t
 def test_prepare_input_ids_gives_those_tokens(streaming, tmp_path, tokenizer):
     from mmbert.tokenizer import load_tokenizer
 
-    vocab = load_tokenizer(tokenizer).vocab_size
+    tok = load_tokenizer(tokenizer)
     rng = np.random.default_rng(2)
-    ids = [rng.integers(5, vocab, int(rng.integers(1, 60))) for _ in range(30)]
+    ids = [rng.integers(5, tok.vocab_size, int(rng.integers(1, 60))) for _ in range(30)]
+    # odd documents stored as a tokenizer with special tokens writes them: [bos] ids [eos]
+    stored = [np.concatenate([[tok.bos_id], x, [tok.eos_id]]) if i % 2 else x
+              for i, x in enumerate(ids)]
     corpus = tmp_path / "corpus"
     write(streaming, corpus / "fra_Latn" / "ids", {"input_ids": "ndarray:int64"},
-          [{"input_ids": x.astype(np.int64)} for x in ids], size_limit=800,
+          [{"input_ids": x.astype(np.int64)} for x in stored], size_limit=800,
           compression="zstd")
     prepare(corpus, tokenizer, tmp_path / "shards", workers=1, progress=False)
     ss = ShardSet(tmp_path / "shards")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -249,7 +248,7 @@ def training_texts(corpus: str | Path, max_chars: int, tau: float = 0.3,
     for lang, ins in train.items():
         n = 0
         for i in ins:
-            size = os.path.getsize(i.path)
+            size = i.size()
             n += size if i.lines is None else size * len(i.lines) // max(1, len(i.lines) + 1)
         sizes[lang] = n
     budgets = balanced_budgets(sizes, max_chars, tau)
@@ -261,6 +260,8 @@ def training_texts(corpus: str | Path, max_chars: int, tau: float = 0.3,
             if n >= budgets[lang]:
                 break
             for doc in iter_input(inp, lang):
+                if doc.ids is not None:  # pre-tokenised: no text to train on
+                    continue
                 texts.append(doc.text)
                 n += len(doc.text)
                 if n >= budgets[lang]:

@@ -436,11 +436,15 @@ class SplitWriter:
 
 
 def _check_ids(ids: np.ndarray, doc_id: str, tok) -> np.ndarray:
+    """Pre-tokenised ids as stored: inside the vocabulary, without the ``[bos]``/``[eos]`` a
+    tokenizer with special tokens put around them (the packer adds its own)."""
     if ids.size and int(ids.max()) >= tok.vocab_size:
         raise MmbertError(f"{doc_id}: token id {int(ids.max())} is outside the tokenizer's "
                           f"vocabulary ({tok.vocab_size}); expected ids made with the tokenizer "
                           f"given by --tokenizer")
-    return ids
+    start = 1 if ids.size and ids[0] == tok.bos_id else 0
+    end = len(ids) - 1 if len(ids) > start and ids[-1] == tok.eos_id else len(ids)
+    return ids[start:end]
 
 
 def tokenize_inputs(inputs: Sequence[Input], lang: str, tok, writers: dict[str, SplitWriter],
@@ -631,7 +635,7 @@ def _prepare_local(todo: dict[str, list[Input]], sources: dict[str, Any], manife
     """The local path: a pool of ``workers`` processes, one language per job."""
     from tqdm import tqdm
 
-    order = sorted(todo, key=lambda lang: -sum(os.path.getsize(i.path) for i in todo[lang]))
+    order = sorted(todo, key=lambda lang: -sum(i.size() for i in todo[lang]))
     jobs = [_Job(lang, todo[lang], str(tokenizer), str(out), heldout_fraction, errors,
                  sources.get(lang, {})) for lang in order]
     bar = tqdm(total=len(jobs), desc="prepare", unit="lang", disable=not progress or None)

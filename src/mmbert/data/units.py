@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,7 @@ class UnitPlan:
         :data:`MAX_TASKS`; never more tasks than units)."""
         if tasks is not None and tasks < 1:
             raise MmbertError(f"--tasks {tasks}: expected at least 1")
-        units = tuple(Unit(lang, k, inp, os.path.getsize(inp.path))
+        units = tuple(Unit(lang, k, inp, inp.size())
                       for lang in sorted(inputs) for k, inp in enumerate(inputs[lang]))
         n = min(len(units), MAX_TASKS if tasks is None else tasks)
         return cls(units=units, tasks=max(1, n), **fields)
@@ -100,7 +99,8 @@ class UnitPlan:
     def fingerprint(self) -> str:
         """Names the engine's task records: a changed plan never reuses another's completions."""
         key = [self.tokenizer, self.heldout_fraction, self.errors, self.tasks,
-               [(u.lang, u.number, u.input.kind, u.input.path, u.input.split, u.size)
+               [(u.lang, u.number, u.input.kind, u.input.path, u.input.shard, u.input.split,
+                 u.size)
                 for u in self.units]]
         return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
 
