@@ -15,6 +15,10 @@ Determinism without hidden state: every random choice comes from a counter-based
 So the whole state is a few counters plus the packer's carry-over (which document, how far):
 ``state_dict()`` is a small JSON-able dict and ``load_state_dict`` continues with exactly the
 batches an uninterrupted loader would have produced.
+
+The trainer passes a *data slot* as ``rank`` and the slots of a full step as ``world_size``
+(:mod:`mmbert.train.slots`), not its process rank: the streams do not depend on how many
+processes share them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmbert.config import IGNORE_INDEX
 from mmbert.data.masking import Masker
 from mmbert.data.packing import Packer
 from mmbert.data.sampler import document_probs, phase_probs, select_languages
@@ -173,6 +178,19 @@ class MLMLoader:
             arrays = tuple(torch.from_numpy(a) for a in arrays)
         return Batch(arrays[0], arrays[1], arrays[2], arrays[3], packed.max_seqlen, arrays[4],
                      packed.num_rows)
+
+    def padding_batch(self) -> Batch:
+        """A batch that trains nothing: one segment ``[bos, eos]`` without labels. A trainer rank
+        with no data slot left in a step runs it, so that every rank makes the same number of
+        forward/backward passes; it does not touch the stream."""
+        ids = np.array([self.shards.bos_id, self.shards.eos_id], dtype=np.int64)
+        arrays = (ids, np.full(2, IGNORE_INDEX, dtype=np.int64), np.arange(2, dtype=np.int64),
+                  np.array([0, 2], dtype=np.int32), np.zeros(2, dtype=np.int64))
+        if self.as_torch:
+            import torch
+
+            arrays = tuple(torch.from_numpy(a) for a in arrays)
+        return Batch(arrays[0], arrays[1], arrays[2], arrays[3], 2, arrays[4], 1)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

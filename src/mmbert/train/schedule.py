@@ -58,13 +58,24 @@ def target_batch_tokens(phase: PhaseConfig, t: float) -> float:
     return float(phase.batch_tokens)
 
 
+def step_slots(phase: PhaseConfig, t: float) -> int:
+    """Global micro-batches (data slots, :mod:`mmbert.train.slots`) of the step starting at
+    ``t``: the target batch rounded to whole micro-batches, at least one. A function of the
+    recipe and ``t`` alone, never of the number of ranks."""
+    return max(1, round(target_batch_tokens(phase, t) / phase.micro_batch_tokens))
+
+
+def phase_slots(phase: PhaseConfig) -> int:
+    """Data slots of a full-size step (batch warmup only ever grows the batch)."""
+    return step_slots(phase, float(phase.tokens))
+
+
 def accum_steps(phase: PhaseConfig, t: float, world_size: int) -> int:
-    """Micro-batches per rank for the step starting at ``t`` (global batch rounded to whole
-    micro-batches on every rank; at least one)."""
-    per = phase.micro_batch_tokens * world_size
-    return max(1, round(target_batch_tokens(phase, t) / per))
+    """Micro-batch passes per rank for the step starting at ``t``: the step's slots spread
+    over ``world_size`` ranks, rounded up (a rank short of a slot runs a padding pass)."""
+    return -(-step_slots(phase, t) // world_size)
 
 
 def max_accum_steps(phase: PhaseConfig, world_size: int) -> int:
-    """Micro-batches per rank at full batch size (batch warmup only ever grows the batch)."""
-    return accum_steps(phase, float(phase.tokens), world_size)
+    """Micro-batch passes per rank at full batch size."""
+    return -(-phase_slots(phase) // world_size)

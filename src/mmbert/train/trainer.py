@@ -6,12 +6,13 @@ phase-end checkpoint into RUN_DIR/variants/<name>/. Between phases the data mixt
 sequence length and RoPE thetas change; the optimizer keeps its moments unless the phase says
 ``reset_optimizer``.
 
-One optimizer step = a global batch: ``accum`` micro-batches of ``micro_batch_tokens`` on each
-of ``world_size`` ranks. Every micro-batch comes from its own *data slot*: an
-``MLMLoader(rank=slot, world_size=slots)`` with ``slot = a * world_size + rank``. The data of a
-step therefore depends only on the number of slots in use, not on how they are split between
-ranks and accumulation: 2 ranks x 1 micro-batch see exactly the batch 1 rank x 2 micro-batches
-sees, and a run can resume on a different number of ranks with the same data order.
+One optimizer step = a global batch of ``S(t)`` micro-batches of ``micro_batch_tokens``, each
+from its own *data slot* (:mod:`mmbert.train.slots`): slot ``s`` is an ``MLMLoader(rank=s,
+world_size=S)``, and rank ``r`` of ``W`` runs slots ``r, r + W, ...`` one after the other
+(gradient accumulation). The data of a step depends on the recipe alone, not on how the slots
+are split between ranks and accumulation: 2 ranks x 1 micro-batch see exactly the batch 1 rank x
+2 micro-batches sees, and a run resumes on another number of ranks (or under the other
+``distributed`` strategy) with the same data order.
 
 The loss of a step is (sum of token losses over the global batch) / (masked tokens in the global
 batch): token counts are all-reduced before the forward passes, so every micro-batch's loss is
@@ -58,7 +59,8 @@ from mmbert.train.optim import build_optimizer, set_hparams
 from mmbert.train.records import (METRICS, StepLog, StepRecord, TrainerRecord, TrainState,
                                   branch_label, read_trainer_record)
 from mmbert.train.runlock import RunLock
-from mmbert.train.schedule import accum_steps, lr_factor, max_accum_steps
+from mmbert.train.schedule import lr_factor, phase_slots
+from mmbert.train.slots import check_states, check_world_size, rank_slots, step_assignment
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +120,12 @@ def data_seed(seed: int, phase: str, variant: str | None) -> int:
 
 
 def _recipe_key(d: dict[str, Any]) -> dict[str, Any]:
-    """What must not change on resume (locations, cadence, logging and the non-finite policy
-    may: a run stopped by a NaN is resumed with ``on_nonfinite: skip`` or ``rollback``)."""
+    """What must not change on resume (locations, cadence, logging, the non-finite policy and
+    the data-parallel strategy may: a run stopped by a NaN is resumed with ``on_nonfinite:
+    skip`` or ``rollback``; checkpoints hold full tensors, so DDP and FSDP2 read each other's)."""
     return {k: v for k, v in d.items()
-            if k not in ("shards", "tokenizer", "checkpoint", "log", "on_nonfinite")}
+            if k not in ("shards", "tokenizer", "checkpoint", "log", "on_nonfinite",
+                         "distributed")}
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -286,9 +290,12 @@ def load_model_weights(raw: torch.nn.Module, model_dir: Path) -> None:
                 p.copy_(src)
 
 
-def optimizer_state(raw: torch.nn.Module, opt: torch.optim.Optimizer
+def optimizer_state(raw: torch.nn.Module, opt: torch.optim.Optimizer, keep: bool = True
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Full (gathered) optimizer moments keyed by parameter name, and JSON metadata."""
+    """Full (gathered) optimizer moments keyed by parameter name, and JSON metadata.
+    Sharded moments are gathered one at a time (a collective: every rank calls this); with
+    ``keep=False`` (the ranks that do not write) each is dropped as soon as it is gathered,
+    so no rank holds all full moments in device memory."""
     tensors: dict[str, torch.Tensor] = {}
     steps: dict[str, int] = {}
     for name, p in raw.named_parameters():
@@ -296,8 +303,10 @@ def optimizer_state(raw: torch.nn.Module, opt: torch.optim.Optimizer
         if not st:
             continue
         steps[name] = int(st["step"])
-        tensors[f"{name}.exp_avg"] = full_tensor(st["exp_avg"])
-        tensors[f"{name}.exp_avg_sq"] = full_tensor(st["exp_avg_sq"])
+        for k in ("exp_avg", "exp_avg_sq"):
+            full = full_tensor(st[k])
+            if keep:
+                tensors[f"{name}.{k}"] = full.cpu() if is_dtensor(st[k]) else full
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     return tensors, {"steps": steps, "groups": groups}
 
@@ -384,9 +393,10 @@ class Trainer:
              phase: PhaseConfig, variant: str | None) -> Path:
         """Collective: every rank calls it; rank 0 writes."""
         if any(is_dtensor(p) for p in self.raw.parameters()):
-            self._full_model_state = {k: full_tensor(v).cpu()
-                                      for k, v in self.raw.state_dict().items()}
-        tensors, meta = optimizer_state(self.raw, self.opt)
+            # every rank gathers every tensor (collectives, in order); rank 0 alone keeps them
+            full = ((k, full_tensor(v)) for k, v in self.raw.state_dict().items())
+            self._full_model_state = {k: v.cpu() for k, v in full if self.env.is_main}
+        tensors, meta = optimizer_state(self.raw, self.opt, keep=self.env.is_main)
         mine = {"rng": ckpt.rng_state(),
                 "data": {str(s): ld.state_dict() for s, ld in loaders.items()}}
         gathered = all_gather_objects(mine, self.env)
@@ -433,30 +443,38 @@ class Trainer:
     # -- one phase ----------------------------------------------------------------------------
     def make_loaders(self, phase: PhaseConfig, langs: list[str], seed: int,
                      states: dict[str, Any] | None, replay: list[str] = ()) -> dict[int, Any]:
+        """This rank's data slots of ``phase`` (:mod:`mmbert.train.slots`), each continuing
+        from its state in ``states`` (a checkpoint's ``data``, written on any number of
+        ranks) when given."""
         from mmbert.data.loader import MLMLoader
 
-        W, r = self.env.world_size, self.env.rank
-        A = max_accum_steps(phase, W)
+        if states is not None:
+            check_states(states, phase, f"resume: phase {phase.name!r}")
         loaders = {}
-        if states is not None and len(states) != A * W:
-            raise MmbertError(f"resume: the checkpoint has {len(states)} data slots, this launch "
-                              f"needs {A * W} (world size x micro-batches per step); resume "
-                              f"with the same global batch and micro_batch_tokens")
-        for a in range(A):
-            slot = a * W + r
+        for slot in rank_slots(phase, self.env.world_size, self.env.rank):
             ld = MLMLoader(self.recipe.shards, languages=langs, tau=phase.tau,
                            seq_len=phase.seq_len, batch_tokens=phase.micro_batch_tokens,
-                           mask_ratio=phase.mask_ratio, seed=seed, rank=slot, world_size=A * W,
-                           replay=replay, replay_share=phase.replay_share)
+                           mask_ratio=phase.mask_ratio, seed=seed, rank=slot,
+                           world_size=phase_slots(phase), replay=replay,
+                           replay_share=phase.replay_share)
             if states is not None:
                 ld.load_state_dict(states[str(slot)])
             loaders[slot] = ld
         return loaders
 
+    def next_batches(self, phase: PhaseConfig, t: int, loaders: dict[int, Any]
+                     ) -> tuple[list[Any], int, int]:
+        """The step at phase position ``t`` on this rank: its batches in pass order (padding
+        batches after the real ones), the number of real ones, and the step's slots."""
+        plan = step_assignment(phase, t, self.env.world_size, self.env.rank)
+        batches = [next(loaders[s]) for s in plan.mine]
+        pad = [next(iter(loaders.values())).padding_batch()] * plan.padding
+        return batches + pad, len(plan.mine), plan.total
+
     def run_phase(self, pi: int, phase: PhaseConfig, variant: str | None, state: TrainState,
                   data_states: dict[str, Any] | None, root: Path, metrics: StepLog | None,
                   bar: Any) -> tuple[TrainState, Path, list[float]]:
-        env, W = self.env, self.env.world_size
+        env = self.env
         langs = self.prep.languages[(pi, variant)]
         self.raw.set_rope_theta(phase.global_rope_theta, phase.local_rope_theta)
         if phase.reset_optimizer and state.phase_tokens == 0:
@@ -471,10 +489,9 @@ class Trainer:
         t_last = time.perf_counter()
         rolled_back_from: int | None = None
         while state.phase_tokens < phase.tokens:
-            n = accum_steps(phase, state.phase_tokens, W)
-            batches = [next(loaders[a * W + env.rank]) for a in range(n)]
+            batches, real, n = self.next_batches(phase, state.phase_tokens, loaders)
             counts = torch.tensor([sum(int((b.labels != IGNORE_INDEX).sum()) for b in batches),
-                                   sum(int(b.input_ids.numel()) for b in batches)],
+                                   sum(int(b.input_ids.numel()) for b in batches[:real])],
                                   dtype=torch.float64)
             all_reduce_sum(counts, env)
             masked, step_tokens = int(counts[0]), int(counts[1])
@@ -509,7 +526,7 @@ class Trainer:
                             for i in range(len(langs)) if lang_stats[1, i] > 0}
                 self._log_step(metrics, bar, StepRecord(
                     state.step, phase.name, variant, state.tokens, state.phase_tokens,
-                    step_loss, phase.lr * factor, gnorm, step_tokens, masked, n * W,
+                    step_loss, phase.lr * factor, gnorm, step_tokens, masked, n,
                     step_tokens / max(dt, 1e-9), per_lang,
                     "skip" if bad else "rollback" if rolled_back_from else None,
                     rolled_back_from))
@@ -709,8 +726,8 @@ def _open_run_dir(recipe: Recipe, prep: Any, run_dir: Path, resume: bool) -> Non
         if a != b:
             raise MmbertError(f"--resume {run_dir}: the recipe differs from the run's "
                               f"recipe.json at {_first_difference(a, b)}; expected the same "
-                              f"recipe (only shards/tokenizer paths, checkpoint and log may "
-                              f"change)")
+                              f"recipe (only shards/tokenizer paths, checkpoint, log, "
+                              f"on_nonfinite and distributed may change)")
     else:
         write_json(rj, recipe.to_dict())
     if prep.tokenizer is not None:
@@ -861,6 +878,8 @@ def _run_variant(trainer: "Trainer", recipe: Recipe, run_dir: Path, name: str,
 def _pretrain(recipe: Recipe, run_dir: Path, resume: bool, variant: str | None, env: DistEnv,
               log: Callable[[str], None], t_start: float) -> RunResult:
     prep = prepare(recipe, variant)
+    check_world_size([(f"{recipe.source}: phases[{i}] ({ph.name})", ph)
+                      for i, ph in enumerate(recipe.phases)], env.world_size)
     writer_cls = _tensorboard_writer(recipe, env)
     with RunLock(run_dir, log) if env.is_main else nullcontext():  # rank 0 alone writes there
         return _pretrain_locked(recipe, prep, writer_cls, run_dir, resume, variant, env, log,
