@@ -707,7 +707,9 @@ def pretrain(recipe: Recipe, out_dir: str | Path, resume: bool = False,
     env = init_distributed()
     log = log or _log_main(env)
     try:
-        return _pretrain(recipe, Path(out_dir), resume, variant, env, log, t_start)
+        result = _pretrain(recipe, Path(out_dir), resume, variant, env, log, t_start)
+        barrier(env)  # every rank past its last collective before the group is destroyed
+        return result
     finally:
         shutdown(env)
 
