@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Union
 import numpy as np
 
 from mmbert.data.langcodes import is_code, normalize_lang
-from mmbert.data.sources import DecodeStats, Document, decode_line, nfc
+from mmbert.data.documents import DecodeStats, Document, decode_line, nfc
 from mmbert.errors import MmbertError
 from mmbert.outputs import read_json
 

