@@ -4,13 +4,12 @@ extra is known to be installed (:func:`mmbert.data.executors.require`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 from datatrove.pipeline.base import PipelineStep
 
 from mmbert.data.shards import Manifest
-from mmbert.data.units import UnitPlan, merge_parts, tokenize_unit
+from mmbert.data.units import UnitPlan, finish_merge, merge_parts, tokenize_unit
 
 
 class TokenizeUnits(PipelineStep):
@@ -51,7 +50,5 @@ class MergeShards(PipelineStep):
             self.stat_update("tokens", value=entry.tokens)
             self.stat_update("replacements", value=entry.replacements)
             done += entry.replacements
-        self.manifest.replacements = sum(e.replacements for e in self.manifest.languages.values())
-        self.manifest.replacements_this_run = done
-        self.manifest.write(Path(self.plan.out))
+        finish_merge(self.plan, self.manifest, done)
         yield from ()

@@ -49,6 +49,8 @@ FORMAT = "mmbert-shards"
 SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
 CHECKSUM_FIELDS = ("bin_bytes", "bin_sha256", "idx_bytes", "idx_sha256")
 DEFAULT_WORKERS = 2  # tokenizer processes of the local path
+MANIFEST_EACH_UP_TO = 64  # languages: the manifest is rewritten after each one up to this many,
+MANIFEST_EVERY_S = 1.0    # then at most this often
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +151,7 @@ class Manifest:
     version: int = 1
     replacements: int | None = None
     replacements_this_run: int | None = None
+    written_at: float = field(default=0.0, repr=False, compare=False)  # time.monotonic()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": FORMAT, "version": self.version, "tokenizer": asdict(self.tokenizer),
@@ -163,6 +166,17 @@ class Manifest:
 
     def write(self, shards: Path) -> None:
         write_json(shards / MANIFEST, self.to_dict())
+        self.written_at = time.monotonic()
+
+    def add(self, entry: LanguageEntry, shards: Path) -> None:
+        """Record a finished language. The file is rewritten after each one while there are at
+        most :data:`MANIFEST_EACH_UP_TO` languages, then at most every
+        :data:`MANIFEST_EVERY_S` seconds (a rewrite costs more as the list grows; the caller
+        writes it at the end). A language finished but not yet listed is redone by a rerun."""
+        self.languages = dict(sorted({**self.languages, entry.code: entry}.items()))
+        if (len(self.languages) <= MANIFEST_EACH_UP_TO
+                or time.monotonic() - self.written_at >= MANIFEST_EVERY_S):
+            self.write(shards)
 
     @classmethod
     def read(cls, shards: str | Path) -> "Manifest":
@@ -544,7 +558,7 @@ def _remove_temp_files(out: Path) -> None:
 
 
 class _Collector:
-    """Adds each finished language to the manifest (rewritten every time) and the progress."""
+    """Adds each finished language to the manifest (:meth:`Manifest.add`) and the progress."""
 
     def __init__(self, manifest: Manifest, out: Path, bar: Any) -> None:
         self.manifest, self.out, self.bar = manifest, out, bar
@@ -554,10 +568,7 @@ class _Collector:
         if err is not None:
             raise MmbertError(err)
         assert entry is not None
-        langs = self.manifest.languages
-        langs[lang] = entry
-        self.manifest.languages = dict(sorted(langs.items()))
-        self.manifest.write(self.out)
+        self.manifest.add(entry, self.out)
         self.replaced += entry.replacements
         self.tokens += entry.tokens
         self.bar.update(1)

@@ -6,8 +6,9 @@ records of that language, one parquet file, one MDS shard). A task tokenises its
 part files under ``OUT/.parts/<lang>/``: ``<unit>.<split>.bin`` / ``.idx`` in the shard format
 and ``<unit>.json`` (counts), each written under a temp name and renamed, so a task killed
 half-way leaves nothing that looks finished. The merge concatenates each language's parts in
-unit order into ``OUT/<split>/<lang>.bin`` / ``.idx``, writes ``manifest.json`` after every
-language, and removes ``OUT/.parts`` at the end.
+unit order into ``OUT/<split>/<lang>.bin`` / ``.idx``, records each in ``manifest.json``
+(:meth:`~mmbert.data.shards.Manifest.add`), writes the final manifest and only then removes
+``OUT/.parts``.
 
 A language's units are its inputs in the order the local path reads them, and documents keep
 their order inside a unit, so the shards and the manifest are byte-identical to
@@ -198,12 +199,19 @@ def merge_language(plan: UnitPlan, lang: str, units: int) -> LanguageEntry:
 
 
 def merge_parts(plan: UnitPlan, manifest: Manifest) -> Iterator[LanguageEntry]:
-    """Merge every language of ``plan`` into ``manifest`` (rewritten after each language, as the
-    local path does); yields the entries as they are written. ``OUT/.parts`` goes at the end."""
+    """Merge every language of ``plan`` into ``manifest`` (:meth:`Manifest.add`, as the local
+    path does); yields the entries as they are merged. Then :func:`finish_merge`."""
     out = Path(plan.out)
     for lang, units in plan.languages().items():
         entry = merge_language(plan, lang, units)
-        manifest.languages = dict(sorted({**manifest.languages, lang: entry}.items()))
-        manifest.write(out)
+        manifest.add(entry, out)
         yield entry
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+
+
+def finish_merge(plan: UnitPlan, manifest: Manifest, replaced_this_run: int) -> None:
+    """The final manifest (totals included), then ``OUT/.parts`` removed: in this order, so a
+    merge killed before the manifest is complete still finds its parts when it is rerun."""
+    manifest.replacements = sum(e.replacements for e in manifest.languages.values())
+    manifest.replacements_this_run = replaced_this_run
+    manifest.write(Path(plan.out))
+    shutil.rmtree(Path(plan.out) / PARTS, ignore_errors=True)
