@@ -100,7 +100,8 @@ def test_slurm_script_generated_and_its_tasks_make_the_same_shards(local, demo_c
                  f"source {Path(sys.prefix) / 'bin' / 'activate'}",
                  f"launch_pickled_pipeline {logs / 'tokenize' / 'executor.pik'}"):
         assert line in script, line
-    assert "#SBATCH --array=0-0" in (logs / "merge" / "launch_script.slurm").read_text()
+    assert "#SBATCH --array=0-2" in (logs / "merge" / "launch_script.slurm").read_text()
+    assert "#SBATCH --array=0-0" in (logs / "manifest" / "launch_script.slurm").read_text()
     assert not list((out / "train").iterdir())  # nothing ran
     # run the array tasks as Slurm would: the pickled executor, one SLURM_ARRAY_TASK_ID each
     # (datatrove asks `scontrol` for the node list: a stand-in echoes it)
@@ -110,7 +111,7 @@ def test_slurm_script_generated_and_its_tasks_make_the_same_shards(local, demo_c
     (fake / "scontrol").chmod(0o755)
     env = dict(ENV, PATH=f"{fake}:{ENV['PATH']}", SLURM_NODELIST="node1", SLURM_JOB_ID="7")
     launch = Path(sys.executable).parent / "launch_pickled_pipeline"
-    for job, tasks in (("tokenize", 3), ("merge", 1)):
+    for job, tasks in (("tokenize", 3), ("merge", 3), ("manifest", 1)):
         for i in range(tasks):
             p = subprocess.run([str(launch), str(logs / job / "executor.pik")],
                                env=dict(env, SLURM_ARRAY_TASK_ID=str(i)), capture_output=True,
@@ -147,6 +148,9 @@ def test_units_cover_every_input_once_and_plans_are_told_apart(demo_corpus):
         assert plan.tasks == min(tasks, len(plan.units))
         got = sorted((u.lang, u.number) for r in range(plan.tasks) for u in plan.units_of(r))
         assert got == sorted((u.lang, u.number) for u in plan.units)
+        assert plan.merge_tasks == min(plan.tasks, len(LANGS))
+        merged = sorted(x for r in range(plan.merge_tasks) for x in plan.languages_of(r))
+        assert merged == sorted(LANGS)
     a, b = UnitPlan.build(inputs, 2, **kw), UnitPlan.build(inputs, 3, **kw)
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == UnitPlan.build(inputs, 2, **kw).fingerprint()

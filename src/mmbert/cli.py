@@ -120,10 +120,11 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
                 executor=a.executor, cluster=cluster)
     if isinstance(m, SlurmSubmission):
         what = "written (dry run, nothing submitted)" if m.dry_run else "submitted"
-        print(f"{a.out}: Slurm jobs {what}: tokenize {m.job_ids[0]}, merge {m.job_ids[1]} "
-              f"(after the tokenize job); scripts {m.scripts[0]} and {m.scripts[1]}")
+        jobs = ", then ".join(f"{name} {job}" for name, job in m.job_ids.items())
+        print(f"{a.out}: Slurm jobs {what}: {jobs}; scripts in "
+              f"{m.scripts['tokenize'].parent.parent}")
         if m.dry_run:
-            print(m.scripts[0].read_text(), end="")
+            print(m.scripts["tokenize"].read_text(), end="")
         return
     tok = {s: sum(e.splits[s].tokens for e in m.languages.values() if s in e.splits)
            for s in ("train", "heldout")}

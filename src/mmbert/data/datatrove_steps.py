@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from datatrove.pipeline.base import PipelineStep
 
 from mmbert.data.shards import Manifest
-from mmbert.data.units import UnitPlan, finish_merge, merge_parts, tokenize_unit
+from mmbert.data.units import UnitPlan, merge_rank, tokenize_unit, write_manifest
 
 
 class TokenizeUnits(PipelineStep):
@@ -34,9 +34,27 @@ class TokenizeUnits(PipelineStep):
 
 
 class MergeShards(PipelineStep):
-    """datatrove step: concatenate the parts into shards and write ``manifest.json``."""
+    """datatrove step: merge task ``rank``'s languages from their parts into shards."""
 
     name = "mmbert merge"
+    type = "Writer"
+
+    def __init__(self, plan: UnitPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+        for entry in merge_rank(self.plan, rank):
+            self.stat_update("languages")
+            self.stat_update("tokens", value=entry.tokens)
+            self.stat_update("replacements", value=entry.replacements)
+        yield from ()
+
+
+class WriteManifest(PipelineStep):
+    """datatrove step (one task): ``manifest.json`` from the merged languages."""
+
+    name = "mmbert manifest"
     type = "Writer"
 
     def __init__(self, plan: UnitPlan, manifest: Manifest) -> None:
@@ -44,11 +62,6 @@ class MergeShards(PipelineStep):
         self.plan, self.manifest = plan, manifest
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
-        done = 0
-        for entry in merge_parts(self.plan, self.manifest):
-            self.stat_update("languages")
-            self.stat_update("tokens", value=entry.tokens)
-            self.stat_update("replacements", value=entry.replacements)
-            done += entry.replacements
-        finish_merge(self.plan, self.manifest, done)
+        m = write_manifest(self.plan, self.manifest)
+        self.stat_update("languages", value=len(m.languages))
         yield from ()

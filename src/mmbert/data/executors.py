@@ -1,17 +1,18 @@
 """Data preparation on datatrove: the same shards from one machine, a Slurm cluster or Ray.
 
-``mmbert data prepare --executor datatrove-local|slurm|ray`` runs two datatrove pipelines, each
-one step (:mod:`mmbert.data.datatrove_steps`) of :mod:`mmbert.data.units`:
+``mmbert data prepare --executor datatrove-local|slurm|ray`` runs three datatrove pipelines,
+each one step of :mod:`mmbert.data.datatrove_steps` over the plan of :mod:`mmbert.data.units`:
 
 1. *tokenize*: ``--tasks`` tasks, each tokenising its units into part files;
-2. *merge*: one task concatenating the parts into ``OUT/<split>/<lang>.bin`` / ``.idx`` and
-   writing ``manifest.json``.
+2. *merge*: up to ``--tasks`` tasks, each concatenating its languages' parts into
+   ``OUT/<split>/<lang>.bin`` / ``.idx``;
+3. *manifest*: one task writing ``manifest.json``.
 
-datatrove provides the rest: the workers (``LocalPipelineExecutor``'s process pool, a Slurm job
-array, Ray tasks), logs and stats under ``OUT/.datatrove/<plan>/{tokenize,merge}/``, and
-resume: a rerun skips the tasks its ``completions/`` records as finished. ``<plan>`` is a
-fingerprint of the units, tokenizer, options and task count, so a changed plan never reuses
-another plan's completions. Slurm submits both jobs (the merge waits for the tokenize job with
+datatrove provides the rest: the workers (``LocalPipelineExecutor``'s process pool, Slurm job
+arrays, Ray tasks), logs and stats under ``OUT/.datatrove/<plan>/<stage>/``, and resume: a rerun
+skips the tasks its ``completions/`` records as finished. ``<plan>`` is a fingerprint of the
+units, tokenizer, options and task count, so a changed plan never reuses another plan's
+completions. Slurm submits the three jobs (each waits for the one before with
 ``--dependency``) and returns; ``--dry-run`` writes datatrove's sbatch scripts and submits
 nothing. Ray connects to ``--ray-address`` (or ``RAY_ADDRESS``), else starts a local Ray.
 
@@ -74,42 +75,55 @@ def _log_dir(plan: UnitPlan) -> Path:
     return Path(plan.out) / LOG_DIR / plan.fingerprint()
 
 
-def _local(plan: UnitPlan, manifest: Manifest, opts: ClusterOptions) -> Manifest:
-    steps = _steps("datatrove-local")
-    ex = require("datatrove.executor", "datatrove-local")
-    logs, workers = _log_dir(plan), opts.workers or DEFAULT_WORKERS
-    ex.LocalPipelineExecutor([steps.TokenizeUnits(plan)], tasks=plan.tasks,
-                             workers=min(workers, plan.tasks), logging_dir=str(logs / "tokenize"),
-                             start_method="spawn").run()
-    _check_complete(logs / "tokenize", plan.tasks)
-    ex.LocalPipelineExecutor([steps.MergeShards(plan, manifest)], tasks=1, workers=1,
-                             logging_dir=str(logs / "merge")).run()
-    return Manifest.read(plan.out)
+@dataclass(frozen=True)
+class Stage:
+    """One datatrove pipeline of the three: its name (log folder), step and task count."""
+
+    name: str
+    step: Any
+    tasks: int
+
+
+def _stages(plan: UnitPlan, manifest: Manifest, executor: str) -> list[Stage]:
+    steps = _steps(executor)
+    return [Stage("tokenize", steps.TokenizeUnits(plan), plan.tasks),
+            Stage("merge", steps.MergeShards(plan), plan.merge_tasks),
+            Stage("manifest", steps.WriteManifest(plan, manifest), 1)]
 
 
 def _check_complete(logs: Path, tasks: int) -> None:
-    """After a tokenize run returned: every task must be recorded as finished."""
+    """After a stage returned: every task must be recorded as finished."""
     missing = [r for r in range(tasks) if not (logs / "completions" / f"{r:05d}").is_file()]
     if missing:
         raise MmbertError(f"{logs}: tasks {missing[:5]} of {tasks} did not finish (see "
                           f"{logs}/logs/); rerun the same command to retry them")
 
 
+def _local(plan: UnitPlan, manifest: Manifest, opts: ClusterOptions) -> Manifest:
+    ex = require("datatrove.executor", "datatrove-local")
+    logs, workers = _log_dir(plan), opts.workers or DEFAULT_WORKERS
+    for st in _stages(plan, manifest, "datatrove-local"):
+        ex.LocalPipelineExecutor([st.step], tasks=st.tasks, workers=min(workers, st.tasks),
+                                 logging_dir=str(logs / st.name), start_method="spawn").run()
+        _check_complete(logs / st.name, st.tasks)
+    return Manifest.read(plan.out)
+
+
 def _ray(plan: UnitPlan, manifest: Manifest, opts: ClusterOptions) -> Manifest:
-    ray, steps = require("ray", "ray"), _steps("ray")
+    ray = require("ray", "ray")
     RayExecutor = require("datatrove.executor.ray", "ray").RayPipelineExecutor
+    stages = _stages(plan, manifest, "ray")
     started = not ray.is_initialized()
     if started:
         address = opts.ray_address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         logs = _log_dir(plan)
-        common = dict(cpus_per_task=opts.cpus_per_task, mem_per_cpu_gb=opts.mem_per_cpu_gb)
-        RayExecutor([steps.TokenizeUnits(plan)], tasks=plan.tasks, workers=opts.workers or -1,
-                    logging_dir=str(logs / "tokenize"), **common).run()
-        _check_complete(logs / "tokenize", plan.tasks)
-        RayExecutor([steps.MergeShards(plan, manifest)], tasks=1, logging_dir=str(logs / "merge"),
-                    **common).run()
+        for st in stages:
+            RayExecutor([st.step], tasks=st.tasks, workers=opts.workers or -1,
+                        logging_dir=str(logs / st.name), cpus_per_task=opts.cpus_per_task,
+                        mem_per_cpu_gb=opts.mem_per_cpu_gb).run()
+            _check_complete(logs / st.name, st.tasks)
     finally:
         if started:
             ray.shutdown()
@@ -118,17 +132,18 @@ def _ray(plan: UnitPlan, manifest: Manifest, opts: ClusterOptions) -> Manifest:
 
 @dataclass(frozen=True)
 class SlurmSubmission:
-    """What ``--executor slurm`` submitted (or, with ``--dry-run``, would submit)."""
+    """What ``--executor slurm`` submitted (or, with ``--dry-run``, would submit): one job per
+    stage, each after the one before (``--dependency=afterok``)."""
 
-    scripts: tuple[Path, Path]  # the tokenize and merge sbatch scripts datatrove wrote
-    job_ids: tuple[str, str]
+    scripts: dict[str, Path]  # stage -> the sbatch script datatrove wrote
+    job_ids: dict[str, str]
     dry_run: bool
 
 
 @contextlib.contextmanager
-def _no_sbatch(slurm_module: Any, calls: list) -> Iterator[None]:
+def _no_sbatch(slurm_module: Any) -> Iterator[None]:
     """Dry run: datatrove writes its scripts and pickled executors; ``sbatch`` is not called."""
-    real = slurm_module.launch_slurm_job
+    real, calls = slurm_module.launch_slurm_job, []
 
     def record(contents: str, job_id_retriever: Any, *args: str) -> str:
         calls.append(args)
@@ -142,27 +157,25 @@ def _no_sbatch(slurm_module: Any, calls: list) -> Iterator[None]:
 
 
 def _slurm(plan: UnitPlan, manifest: Manifest, opts: ClusterOptions) -> SlurmSubmission:
-    slurm, steps = require("datatrove.executor.slurm", "slurm"), _steps("slurm")
+    slurm = require("datatrove.executor.slurm", "slurm")
     if not opts.partition:
         raise MmbertError("--executor slurm needs --partition; expected the Slurm partition "
                           "the tasks run in")
     logs = _log_dir(plan)
     env = opts.env_command or f"source {Path(sys.prefix) / 'bin' / 'activate'}"
-    common = dict(time=opts.time, partition=opts.partition, cpus_per_task=opts.cpus_per_task,
-                  mem_per_cpu_gb=max(1, round(opts.mem_per_cpu_gb)), env_command=env,
-                  slurm_logs_folder=str(logs / "slurm"))
-    tok = slurm.SlurmPipelineExecutor([steps.TokenizeUnits(plan)], tasks=plan.tasks,
-                                      workers=opts.workers or -1, job_name="mmbert-tokenize",
-                                      logging_dir=str(logs / "tokenize"), **common)
-    merge = slurm.SlurmPipelineExecutor([steps.MergeShards(plan, manifest)], tasks=1,
-                                        job_name="mmbert-merge", depends=tok,
-                                        logging_dir=str(logs / "merge"), **common)
-    calls: list = []
-    with _no_sbatch(slurm, calls) if opts.dry_run else contextlib.nullcontext():
-        merge.run()
-    return SlurmSubmission((logs / "tokenize" / "launch_script.slurm",
-                            logs / "merge" / "launch_script.slurm"),
-                           (str(tok.job_id), str(merge.job_id)), opts.dry_run)
+    jobs: dict[str, Any] = {}
+    before = None
+    for st in _stages(plan, manifest, "slurm"):
+        before = jobs[st.name] = slurm.SlurmPipelineExecutor(
+            [st.step], tasks=st.tasks, workers=opts.workers or -1, job_name=f"mmbert-{st.name}",
+            logging_dir=str(logs / st.name), depends=before, time=opts.time,
+            partition=opts.partition, cpus_per_task=opts.cpus_per_task,
+            mem_per_cpu_gb=max(1, round(opts.mem_per_cpu_gb)), env_command=env,
+            slurm_logs_folder=str(logs / "slurm"))
+    with _no_sbatch(slurm) if opts.dry_run else contextlib.nullcontext():
+        before.run()  # launches the stages it depends on first
+    return SlurmSubmission({n: logs / n / "launch_script.slurm" for n in jobs},
+                           {n: str(j.job_id) for n, j in jobs.items()}, opts.dry_run)
 
 
 def run_executor(executor: str, plan: UnitPlan, manifest: Manifest,

@@ -132,6 +132,11 @@ class LanguageEntry:
         return all((shards / sp.bin).is_file() and (shards / sp.idx).is_file()
                    for sp in self.splits.values())
 
+    @classmethod
+    def from_dict(cls, e: dict[str, Any]) -> "LanguageEntry":
+        return cls(e["code"], {s: SplitEntry.from_dict(sp) for s, sp in e["splits"].items()},
+                   e.get("replacements", 0))
+
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "splits": {s: e.to_dict() for s, e in self.splits.items()},
                 "replacements": self.replacements}
@@ -192,10 +197,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, m: dict[str, Any]) -> "Manifest":
-        langs = {lang: LanguageEntry(e["code"], {s: SplitEntry.from_dict(sp)
-                                                 for s, sp in e["splits"].items()},
-                                     e.get("replacements", 0))
-                 for lang, e in m["languages"].items()}
+        langs = {lang: LanguageEntry.from_dict(e) for lang, e in m["languages"].items()}
         return cls(TokenizerInfo(**m["tokenizer"]), m["corpus"], m["heldout_fraction"], langs,
                    m.get("version", 1), m.get("replacements"), m.get("replacements_this_run"))
 

@@ -5,15 +5,15 @@ language: a *unit* is one input of one language (a ``<lang>.txt`` file, one JSON
 records of that language, one parquet file, one MDS shard). A task tokenises its units into
 part files under ``OUT/.parts/<lang>/``: ``<unit>.<split>.bin`` / ``.idx`` in the shard format
 and ``<unit>.json`` (counts), each written under a temp name and renamed, so a task killed
-half-way leaves nothing that looks finished. The merge concatenates each language's parts in
-unit order into ``OUT/<split>/<lang>.bin`` / ``.idx``, records each in ``manifest.json``
-(:meth:`~mmbert.data.shards.Manifest.add`), writes the final manifest and only then removes
+half-way leaves nothing that looks finished. Merge tasks (one language each at a time) then
+concatenate each language's parts in unit order into ``OUT/<split>/<lang>.bin`` / ``.idx`` and
+save its manifest entry; a last step writes ``manifest.json`` and only then removes
 ``OUT/.parts``.
 
 A language's units are its inputs in the order the local path reads them, and documents keep
 their order inside a unit, so the shards and the manifest are byte-identical to
 ``--executor local`` whatever the executor and the number of tasks. Tasks get units by size
-(largest first, each to the least-loaded task), which only decides who does the work.
+and merge tasks get languages (by input bytes), which only decides who does the work.
 """
 
 from __future__ import annotations
@@ -80,15 +80,10 @@ class UnitPlan:
         return cls(units=units, tasks=max(1, n), **fields)
 
     def units_of(self, rank: int) -> list[Unit]:
-        """Task ``rank``'s units: largest first to the least-loaded task (ties: lowest rank)."""
-        load = [0] * self.tasks
-        mine = []
-        for u in sorted(self.units, key=lambda u: (-u.size, u.lang, u.number)):
-            t = min(range(self.tasks), key=lambda i: (load[i], i))
-            load[t] += u.size + 1
-            if t == rank:
-                mine.append(u)
-        return mine
+        """Tokenize task ``rank``'s units (:func:`balanced` by size)."""
+        keyed = {(u.lang, u.number): u for u in self.units}
+        return [keyed[k] for k in balanced({k: u.size for k, u in keyed.items()}, self.tasks,
+                                           rank)]
 
     def languages(self) -> dict[str, int]:
         """``{lang: number of units}`` in language order."""
@@ -97,6 +92,17 @@ class UnitPlan:
             counts[u.lang] = counts.get(u.lang, 0) + 1
         return counts
 
+    @property
+    def merge_tasks(self) -> int:
+        return min(self.tasks, len(self.languages()))
+
+    def languages_of(self, rank: int) -> list[str]:
+        """Merge task ``rank``'s languages (:func:`balanced` by their input bytes)."""
+        size: dict[str, int] = {}
+        for u in self.units:
+            size[u.lang] = size.get(u.lang, 0) + u.size
+        return sorted(balanced(size, self.merge_tasks, rank))
+
     def fingerprint(self) -> str:
         """Names the engine's task records: a changed plan never reuses another's completions."""
         key = [self.tokenizer, self.heldout_fraction, self.errors, self.tasks,
@@ -104,6 +110,19 @@ class UnitPlan:
                  u.size)
                 for u in self.units]]
         return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
+
+
+def balanced(sizes: dict[Any, int], tasks: int, rank: int) -> list[Any]:
+    """The keys task ``rank`` of ``tasks`` gets: largest first, each to the least-loaded task
+    (ties: lowest rank, then key order). Only decides who does the work, never the result."""
+    load = [0] * tasks
+    mine = []
+    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        t = min(range(tasks), key=lambda i: (load[i], i))
+        load[t] += sizes[key] + 1
+        if t == rank:
+            mine.append(key)
+    return mine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,20 +217,35 @@ def merge_language(plan: UnitPlan, lang: str, units: int) -> LanguageEntry:
     return LanguageEntry(lang, splits, sum(r for _, r in parts))
 
 
-def merge_parts(plan: UnitPlan, manifest: Manifest) -> Iterator[LanguageEntry]:
-    """Merge every language of ``plan`` into ``manifest`` (:meth:`Manifest.add`, as the local
-    path does); yields the entries as they are merged. Then :func:`finish_merge`."""
+def _entry_path(out: Path, lang: str) -> Path:
+    return out / PARTS / lang / "entry.json"
+
+
+def merge_rank(plan: UnitPlan, rank: int) -> Iterator[LanguageEntry]:
+    """Merge task ``rank``: its languages' shards, each with its manifest entry saved beside the
+    parts (``OUT/.parts/<lang>/entry.json``) for :func:`write_manifest`; yields the entries."""
     out = Path(plan.out)
-    for lang, units in plan.languages().items():
-        entry = merge_language(plan, lang, units)
-        manifest.add(entry, out)
+    for lang in plan.languages_of(rank):
+        entry = merge_language(plan, lang, plan.languages()[lang])
+        write_json(_entry_path(out, lang), entry.to_dict())
         yield entry
 
 
-def finish_merge(plan: UnitPlan, manifest: Manifest, replaced_this_run: int) -> None:
-    """The final manifest (totals included), then ``OUT/.parts`` removed: in this order, so a
-    merge killed before the manifest is complete still finds its parts when it is rerun."""
+def write_manifest(plan: UnitPlan, manifest: Manifest) -> Manifest:
+    """Every merged language into ``manifest`` (totals included), written, then ``OUT/.parts``
+    removed: in this order, so a step killed before the manifest is written finds its inputs
+    when it is rerun."""
+    out = Path(plan.out)
+    entries = {}
+    for lang in plan.languages():
+        p = _entry_path(out, lang)
+        if not p.is_file():
+            raise MmbertError(f"{p}: missing; {lang} was not merged (a merge task failed or is "
+                              f"still running): rerun the same command")
+        entries[lang] = LanguageEntry.from_dict(read_json(p, "a merged language's entry"))
+    manifest.languages = dict(sorted({**manifest.languages, **entries}.items()))
     manifest.replacements = sum(e.replacements for e in manifest.languages.values())
-    manifest.replacements_this_run = replaced_this_run
-    manifest.write(Path(plan.out))
-    shutil.rmtree(Path(plan.out) / PARTS, ignore_errors=True)
+    manifest.replacements_this_run = sum(e.replacements for e in entries.values())
+    manifest.write(out)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    return manifest
