@@ -262,7 +262,8 @@ def _add_executor_flags(p: argparse.ArgumentParser) -> None:
                    "datatrove-local: default 2; ray: default all tasks), or the Slurm array's "
                    "running-task limit (default: none)")
     g.add_argument("--tasks", type=int, default=d.tasks,
-                   help="datatrove tasks (default: one per input file, at most 1000)")
+                   help="datatrove tasks (default: one per 256 MB of input, at least 4 per "
+                   "worker on datatrove-local / ray, at most 1000; never more than input files)")
     g.add_argument("--partition", default=d.partition, help="slurm: partition (required)")
     g.add_argument("--time", default=d.time, help="slurm: time limit per task")
     g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task,

@@ -115,7 +115,7 @@ def _recipe(data) -> dict:  # noqa: F811
             "tokenizer": str(data["tokenizer"]), "precision": "fp32",
             "model": {"preset": "tiny", "overrides": dict(MODEL)},
             "checkpoint": {"every_steps": 2, "keep_last": 2},
-            "phases": [{"name": "p1", "tokens": 8192, "languages": 3, "tau": 0.7,
+            "phases": [{"name": "p1", "tokens": 32768, "languages": 3, "tau": 0.7,
                         "mask_ratio": 0.3, "seq_len": 64, "batch_tokens": 512,
                         "micro_batch_tokens": 256, "lr": 3e-3, "warmup_tokens": 1024}]}
 

@@ -42,7 +42,7 @@ class ClusterOptions:
     """Options passed through to the engine. ``workers``: tasks running at once (local process
     pool, Ray; Slurm: the job array's ``%`` limit, None = no limit)."""
 
-    tasks: int | None = None  # None: one task per unit, at most units.MAX_TASKS
+    tasks: int | None = None  # None: units.UnitPlan.build's default
     workers: int | None = None
     partition: str | None = None  # Slurm
     time: str = "24:00:00"        # Slurm: time limit per task
@@ -61,6 +61,14 @@ def require(module: str, executor: str) -> Any:
         raise MmbertError(f"--executor {executor} needs {module.split('.')[0]}, which is not "
                           f"installed; expected the scale extra: pip install 'mmbert[scale]'"
                           ) from None
+
+
+def min_tasks(executor: str, opts: ClusterOptions) -> int:
+    """The default task count's floor: four tasks per worker where the workers are known
+    (local process pool, Ray), so that they stay busy to the end; 1 on Slurm."""
+    if executor == "slurm":
+        return 1
+    return 4 * (opts.workers or DEFAULT_WORKERS)
 
 
 def _steps(executor: str) -> Any:

@@ -634,7 +634,8 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
         from mmbert.data import executors, units  # datatrove engines: the `scale` extra
 
         opts = cluster or executors.ClusterOptions(workers=workers)
-        plan = units.UnitPlan.build(todo, opts.tasks, tokenizer=str(tokenizer), out=str(out),
+        plan = units.UnitPlan.build(todo, opts.tasks, executors.min_tasks(executor, opts),
+                                    tokenizer=str(tokenizer), out=str(out),
                                     heldout_fraction=heldout_fraction, errors=errors,
                                     sources=sources)
         return executors.run_executor(executor, plan, manifest, opts)

@@ -19,6 +19,7 @@ and merge tasks get languages (by input bytes), which only decides who does the 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import shutil
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from mmbert.outputs import atomic_file, read_json, write_json
 
 PARTS = ".parts"
 COPY_BYTES = 1 << 23  # read size when concatenating part files
+TASK_BYTES = 256 << 20  # default: one task per this much input (about 2 CPU-minutes of Gemma 2)
 MAX_TASKS = 1000  # default task count cap: datatrove's Slurm job arrays hold up to 1001 tasks
 
 
@@ -68,16 +70,19 @@ class UnitPlan:
     sources: dict[str, dict[str, dict[str, int]]]
 
     @classmethod
-    def build(cls, inputs: dict[str, list[Input]], tasks: int | None,
+    def build(cls, inputs: dict[str, list[Input]], tasks: int | None, min_tasks: int = 1,
               **fields: Any) -> "UnitPlan":
-        """The units of ``inputs`` shared by ``tasks`` tasks (None: one per unit, at most
-        :data:`MAX_TASKS`; never more tasks than units)."""
+        """The units of ``inputs`` shared by ``tasks`` tasks, never more than there are units.
+        ``tasks=None``: one per :data:`TASK_BYTES` of input, at least ``min_tasks`` (so every
+        worker has several), at most :data:`MAX_TASKS`."""
         if tasks is not None and tasks < 1:
             raise MmbertError(f"--tasks {tasks}: expected at least 1")
         units = tuple(Unit(lang, k, inp, inp.size())
                       for lang in sorted(inputs) for k, inp in enumerate(inputs[lang]))
-        n = min(len(units), MAX_TASKS if tasks is None else tasks)
-        return cls(units=units, tasks=max(1, n), **fields)
+        if tasks is None:
+            by_bytes = -(-sum(u.size for u in units) // TASK_BYTES)
+            tasks = min(max(by_bytes, min_tasks), MAX_TASKS)
+        return cls(units=units, tasks=max(1, min(tasks, len(units))), **fields)
 
     def units_of(self, rank: int) -> list[Unit]:
         """Tokenize task ``rank``'s units (:func:`balanced` by size)."""
@@ -114,12 +119,12 @@ class UnitPlan:
 
 def balanced(sizes: dict[Any, int], tasks: int, rank: int) -> list[Any]:
     """The keys task ``rank`` of ``tasks`` gets: largest first, each to the least-loaded task
-    (ties: lowest rank, then key order). Only decides who does the work, never the result."""
-    load = [0] * tasks
+    (ties: lowest rank; keys in order). Only decides who does the work, never the result."""
+    heap = [(0, t) for t in range(tasks)]  # (load, task): already a valid heap
     mine = []
     for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
-        t = min(range(tasks), key=lambda i: (load[i], i))
-        load[t] += sizes[key] + 1
+        load, t = heapq.heappop(heap)
+        heapq.heappush(heap, (load + sizes[key] + 1, t))
         if t == rank:
             mine.append(key)
     return mine
@@ -224,9 +229,9 @@ def _entry_path(out: Path, lang: str) -> Path:
 def merge_rank(plan: UnitPlan, rank: int) -> Iterator[LanguageEntry]:
     """Merge task ``rank``: its languages' shards, each with its manifest entry saved beside the
     parts (``OUT/.parts/<lang>/entry.json``) for :func:`write_manifest`; yields the entries."""
-    out = Path(plan.out)
+    out, units = Path(plan.out), plan.languages()
     for lang in plan.languages_of(rank):
-        entry = merge_language(plan, lang, plan.languages()[lang])
+        entry = merge_language(plan, lang, units[lang])
         write_json(_entry_path(out, lang), entry.to_dict())
         yield entry
 
