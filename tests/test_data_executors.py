@@ -71,6 +71,10 @@ def test_datatrove_local_matches_local(local, demo_corpus, demo_tokenizer, tmp_p
             cluster=ClusterOptions(tasks=tasks, workers=workers))
     assert files(out) == local
     assert not (out / ".parts").exists()
+    # a rerun finds every language done: nothing to run, the same files
+    prepare(demo_corpus, demo_tokenizer, out, languages=LANGS, executor="datatrove-local",
+            cluster=ClusterOptions(tasks=tasks, workers=workers))
+    assert files(out) == local
     logs = next((out / ".datatrove").iterdir())
     assert sorted(p.name for p in (logs / "tokenize" / "completions").iterdir()) == [
         f"{r:05d}" for r in range(tasks)]

@@ -614,7 +614,7 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
     :class:`~mmbert.data.executors.ClusterOptions`), with the same shards as a result. Plain
     corpora go to the train split; ``heldout_fraction`` moves that fraction of documents (by a
     hash of the text) to ``heldout``. A rerun skips the languages the manifest lists. Returns
-    the manifest (Slurm: the submission; the merge job writes the manifest).
+    the manifest (Slurm: the submission; its last job writes the manifest).
     """
     _check_options(errors, heldout_fraction, workers)
     corpus, out = Path(corpus), Path(out)
@@ -630,7 +630,7 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
     sources = {lang: {s: v.get("sources", {}) for s, v in split.items()}
                for lang, split in _corpus_sources(corpus).items() if lang in todo}
     manifest.write(out)
-    if executor != "local":
+    if executor != "local" and todo:  # (nothing left to do: the local path's bookkeeping)
         from mmbert.data import executors, units  # datatrove engines: the `scale` extra
 
         opts = cluster or executors.ClusterOptions(workers=workers)
