@@ -132,8 +132,11 @@ def test_sigint_exits_130_and_resume_matches(data, tmp_path):  # noqa: F811
 
     run = tmp_path / "run"
     args = ["pretrain", "--recipe", str(rec), "--out", str(run)]
+    # SIGINT at its default in the child, even when this test runs in a background job (whose
+    # SIGINT a non-interactive shell ignores, and Python then keeps ignoring)
     p = subprocess.Popen([sys.executable, "-m", "mmbert.cli", *args], env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while p.poll() is None and time.time() < deadline and not list(
             (run / "checkpoints").glob("step-*")):
