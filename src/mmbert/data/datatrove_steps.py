@@ -25,10 +25,10 @@ class TokenizeUnits(PipelineStep):
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
         for unit in self.plan.units_of(rank):
             with self.track_time("unit"):
-                counts = tokenize_unit(self.plan, unit)
+                part = tokenize_unit(self.plan, unit)
             self.stat_update("units")
-            self.stat_update("documents", value=counts["documents"])
-            self.stat_update("tokens", value=counts["tokens"])
+            self.stat_update("documents", value=sum(sp.documents for sp in part.splits.values()))
+            self.stat_update("tokens", value=part.tokens)
             self.stat_update("input_bytes", value=unit.size, unit="unit")
         yield from ()
 

@@ -134,8 +134,9 @@ def balanced(sizes: dict[Any, int], tasks: int, rank: int) -> list[Any]:
 # Tokenising one unit into part files
 # ---------------------------------------------------------------------------------------------
 
-def tokenize_unit(plan: UnitPlan, unit: Unit) -> dict[str, int]:
-    """Tokenise ``unit`` into its part files; returns its document and token counts."""
+def tokenize_unit(plan: UnitPlan, unit: Unit) -> LanguageEntry:
+    """Tokenise ``unit`` into its part files; returns (and saves as ``<unit>.json``) the part's
+    entry: the unit's splits as a manifest entry of their own."""
     out = Path(plan.out)
     (out / PARTS / unit.lang).mkdir(parents=True, exist_ok=True)
     tok = worker_tokenizer(plan.tokenizer)
@@ -147,23 +148,21 @@ def tokenize_unit(plan: UnitPlan, unit: Unit) -> dict[str, int]:
     finally:
         for w in writers.values():
             w.remove_temp()
-    write_json(out / f"{unit.stem}.json",
-               {"splits": {s: e.to_dict() for s, e in splits.items()}, "replacements": replaced})
-    return {"documents": sum(e.documents for e in splits.values()),
-            "tokens": sum(e.tokens for e in splits.values())}
+    part = LanguageEntry(unit.lang, splits, replaced)
+    write_json(out / f"{unit.stem}.json", part.to_dict())
+    return part
 
 
 # ---------------------------------------------------------------------------------------------
 # Merging parts into shards
 # ---------------------------------------------------------------------------------------------
 
-def _read_part(out: Path, lang: str, number: int) -> tuple[dict[str, SplitEntry], int]:
+def _read_part(out: Path, lang: str, number: int) -> LanguageEntry:
     p = out / PARTS / lang / f"{number:06d}.json"
     if not p.is_file():
         raise MmbertError(f"{p}: missing; unit {number} of {lang} was not tokenised (a task "
                           f"failed or is still running): rerun the same command")
-    rec = read_json(p, "a part record written by `mmbert data prepare`")
-    return {s: SplitEntry.from_dict(e) for s, e in rec["splits"].items()}, rec["replacements"]
+    return LanguageEntry.from_dict(read_json(p, "a part record written by `mmbert data prepare`"))
 
 
 def _copy_bins(parts: list[SplitEntry], out: Path, dest: Path) -> str:
@@ -215,11 +214,11 @@ def merge_language(plan: UnitPlan, lang: str, units: int) -> LanguageEntry:
     parts = [_read_part(out, lang, k) for k in range(units)]
     splits = {}
     for s in SPLITS:
-        mine = [p[s] for p, _ in parts if s in p]
+        mine = [p.splits[s] for p in parts if s in p.splits]
         if mine:
             sources = plan.sources.get(lang, {}).get(s)
             splits[s] = _merge_split(out, f"{s}/{lang}", mine, sources)
-    return LanguageEntry(lang, splits, sum(r for _, r in parts))
+    return LanguageEntry(lang, splits, sum(p.replacements for p in parts))
 
 
 def _entry_path(out: Path, lang: str) -> Path:
