@@ -168,6 +168,8 @@ def test_bad_options_and_missing_extra_are_one_line(demo_corpus, demo_tokenizer,
         "run in")
     r = cli([*base, "--executor", "datatrove-local", "--tasks", "0"])
     assert r.returncode == 2 and r.stderr.strip() == "error: --tasks 0: expected at least 1"
+    r = cli([*base, "--executor", "ray", "--cpus-per-task", "0"])
+    assert r.returncode == 2 and r.stderr.strip() == "error: --cpus-per-task 0: expected at least 1"
     # without the scale extra: datatrove (and ray) cannot be imported
     code = ("import sys; sys.modules['datatrove'] = sys.modules['ray'] = None; "
             "from mmbert.cli import main; sys.exit(main(sys.argv[1:]))")

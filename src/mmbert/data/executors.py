@@ -52,6 +52,13 @@ class ClusterOptions:
     dry_run: bool = False           # Slurm: write the scripts, submit nothing
     ray_address: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.cpus_per_task < 1:
+            raise MmbertError(f"--cpus-per-task {self.cpus_per_task}: expected at least 1")
+        if not self.mem_per_cpu_gb > 0:
+            raise MmbertError(f"--mem-per-cpu-gb {self.mem_per_cpu_gb}: expected a positive "
+                              f"number of GB")
+
 
 def require(module: str, executor: str) -> Any:
     """Import a module of the ``scale`` extra, or stop with one line naming the extra."""
