@@ -75,7 +75,8 @@ def write_error(path: str | Path, e: BaseException) -> WriteError | None:
     return None
 
 
-def _sibling(path: Path, tag: str) -> Path:
+def sibling(path: Path, tag: str = "tmp") -> Path:
+    """``.<name>.<tag>-<pid>`` beside ``path``: where a write in progress lives until renamed."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
 
@@ -83,7 +84,7 @@ def _sibling(path: Path, tag: str) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; it replaces ``path`` when the block succeeds."""
     p = Path(path)
-    tmp = _sibling(p, "tmp")
+    tmp = sibling(p, "tmp")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
@@ -199,7 +200,7 @@ class OutputDir:
     def __init__(self, out: str | Path, *, overwrite: bool = False):
         self.out = Path(out)
         self.overwrite = overwrite
-        self.tmp = _sibling(self.out, "tmp")
+        self.tmp = sibling(self.out, "tmp")
 
     def check(self) -> None:
         """Refuse ``out`` now (before any work) if the rule says so."""
@@ -251,7 +252,7 @@ class OutputDir:
             return
         old = None
         if self.out.is_dir():  # no atomic exchange here: two renames, the old one put back
-            old = _sibling(self.out, "old")
+            old = sibling(self.out, "old")
             shutil.rmtree(old, ignore_errors=True)
             self.out.rename(old)
         try:

@@ -41,7 +41,7 @@ from mmbert.data.sources import (DecodeStats, Document, Input, heldout_by_hash, 
                                  only_languages, scan_corpus)
 from mmbert.errors import MmbertError
 from mmbert.faults import kill_point
-from mmbert.outputs import read_json, sha256_file, write_json
+from mmbert.outputs import read_json, sha256_file, sibling, write_json
 
 SPLITS = ("train", "heldout")
 MANIFEST = "manifest.json"
@@ -383,10 +383,6 @@ def worker_tokenizer(path: str):
     return _PROCESS_TOK[path]
 
 
-def _temp_name(final: Path) -> Path:
-    return final.parent / f".{final.name}.tmp-{os.getpid()}"
-
-
 class SplitWriter:
     """Documents of one language and split, written to ``out/<stem>.bin`` and ``.idx``: token ids
     appended to a temp ``.bin`` in batches (texts are tokenised at each flush, pre-tokenised ids
@@ -396,7 +392,7 @@ class SplitWriter:
     def __init__(self, out: Path, stem: str) -> None:
         self.out, self.stem = out, stem
         self.final_bin, self.final_idx = out / f"{stem}.bin", out / f"{stem}.idx"
-        self.tmp_bin = _temp_name(self.final_bin)
+        self.tmp_bin = sibling(self.final_bin)
         self.handle: Any = None  # opened with the first batch: a split without documents has none
         self.offsets = [0]
         self.chars = 0
@@ -434,7 +430,7 @@ class SplitWriter:
 
     def publish(self, sources: dict[str, int] | None) -> SplitEntry:
         """Write the offsets, rename both files to their final names; the manifest entry."""
-        tmp_idx = _temp_name(self.final_idx)
+        tmp_idx = sibling(self.final_idx)
         raw = np.asarray(self.offsets, dtype="<u8").tobytes()
         tmp_idx.write_bytes(raw)
         kill_point(f"shard:{self.stem}")
@@ -447,7 +443,7 @@ class SplitWriter:
 
     def remove_temp(self) -> None:
         self.close()
-        for p in (self.tmp_bin, _temp_name(self.final_idx)):
+        for p in (self.tmp_bin, sibling(self.final_idx)):
             p.unlink(missing_ok=True)
 
 
@@ -577,12 +573,9 @@ class _Collector:
         self.bar.set_postfix(tokens=f"{self.tokens / 1e6:.1f}M", refresh=False)
 
 
-def _run_jobs(jobs: list[_Job], workers: int, tokenizer: str | Path, tok: Any,
-              collect: _Collector) -> None:
+def _run_jobs(jobs: list[_Job], workers: int, collect: _Collector) -> None:
     """Tokenise in this process (one worker or one job) or in a pool of ``workers``."""
     if workers == 1 or len(jobs) <= 1:
-        _PROCESS_TOK.clear()
-        _PROCESS_TOK[str(tokenizer)] = tok  # in this process: no second load
         for job in jobs:
             collect(*_run_job(job))
     else:
@@ -619,6 +612,8 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
     _check_options(errors, heldout_fraction, workers)
     corpus, out = Path(corpus), Path(out)
     tok, tok_info = _tokenizer_info(tokenizer)
+    _PROCESS_TOK.clear()
+    _PROCESS_TOK[str(tokenizer)] = tok  # whatever tokenises in this process: no second load
     inputs = only_languages(scan_corpus(corpus, errors), languages, corpus)
     manifest = _start_manifest(out, corpus, tok_info, heldout_fraction)
     for s in SPLITS:
@@ -639,13 +634,13 @@ def prepare(corpus: str | Path, tokenizer: str | Path, out: str | Path, *,
                                     heldout_fraction=heldout_fraction, errors=errors,
                                     sources=sources)
         return executors.run_executor(executor, plan, manifest, opts)
-    return _prepare_local(todo, sources, manifest, out, tokenizer, tok, heldout_fraction,
-                          errors, workers or DEFAULT_WORKERS, progress)
+    return _prepare_local(todo, sources, manifest, out, tokenizer, heldout_fraction, errors,
+                          workers or DEFAULT_WORKERS, progress)
 
 
 def _prepare_local(todo: dict[str, list[Input]], sources: dict[str, Any], manifest: Manifest,
-                   out: Path, tokenizer: str | Path, tok: Any, heldout_fraction: float,
-                   errors: str, workers: int, progress: bool) -> Manifest:
+                   out: Path, tokenizer: str | Path, heldout_fraction: float, errors: str,
+                   workers: int, progress: bool) -> Manifest:
     """The local path: a pool of ``workers`` processes, one language per job."""
     from tqdm import tqdm
 
@@ -655,7 +650,7 @@ def _prepare_local(todo: dict[str, list[Input]], sources: dict[str, Any], manife
     bar = tqdm(total=len(jobs), desc="prepare", unit="lang", disable=not progress or None)
     collect = _Collector(manifest, out, bar)
     try:
-        _run_jobs(jobs, workers, tokenizer, tok, collect)
+        _run_jobs(jobs, workers, collect)
     finally:
         bar.close()
         _remove_temp_files(out)
