@@ -113,8 +113,10 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
     from mmbert.data.executors import ClusterOptions, SlurmSubmission
     from mmbert.data.shards import prepare
 
-    cluster = ClusterOptions(a.tasks, a.workers, a.partition, a.time, a.cpus_per_task,
-                             a.mem_per_cpu_gb, a.slurm_env, a.dry_run, a.ray_address)
+    cluster = ClusterOptions(tasks=a.tasks, workers=a.workers, partition=a.partition,
+                             time=a.time, cpus_per_task=a.cpus_per_task,
+                             mem_per_cpu_gb=a.mem_per_cpu_gb, env_command=a.slurm_env,
+                             dry_run=a.dry_run, ray_address=a.ray_address)
     m = prepare(a.corpus, a.tokenizer, a.out, errors=a.errors, workers=a.workers,
                 heldout_fraction=a.heldout_fraction, languages=_langs_arg(a.languages),
                 executor=a.executor, cluster=cluster)
