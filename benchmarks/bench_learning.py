@@ -195,11 +195,11 @@ def run_ours(recipe: Any, run_dir: Path, trainer_cls: type | None = None) -> dic
 def trainer_loaders(recipe: Any, languages: list[str]) -> list[Any]:
     """The data slots ``Trainer.make_loaders`` builds for one process (seed, slot layout)."""
     from mmbert.data.loader import MLMLoader
-    from mmbert.train.schedule import max_accum_steps
+    from mmbert.train.schedule import phase_slots
     from mmbert.train.trainer import data_seed
 
     phase = recipe.phases[0]
-    n = max_accum_steps(phase, 1)
+    n = phase_slots(phase)
     return [MLMLoader(recipe.shards, languages=languages, tau=phase.tau, seq_len=phase.seq_len,
                       batch_tokens=phase.micro_batch_tokens, mask_ratio=phase.mask_ratio,
                       seed=data_seed(recipe.seed, phase.name, None), rank=a, world_size=n)
@@ -210,14 +210,14 @@ def padded_steps(recipe: Any, languages: list[str], pad_id: int) -> Iterator[dic
     """The trainer's steps as padded batches: each packed segment of the step's micro-batches
     is one right-padded row (transformers restarts positions per row, as ours per segment)."""
     from mmbert.bench import pad_docs
-    from mmbert.train.schedule import accum_steps
+    from mmbert.train.schedule import step_slots
 
     phase = recipe.phases[0]
     loaders = trainer_loaders(recipe, languages)
     t = 0
     while True:
         docs, real = [], 0
-        for b in [next(loaders[a]) for a in range(accum_steps(phase, t, 1))]:
+        for b in [next(loaders[a]) for a in range(step_slots(phase, t))]:
             cu = b.cu_seqlens.tolist()
             docs += [(b.input_ids[x:y], b.labels[x:y]) for x, y in zip(cu[:-1], cu[1:])]
             real += b.num_tokens

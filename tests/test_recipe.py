@@ -10,7 +10,8 @@ import yaml
 
 from mmbert.recipe import apply_overrides, load_recipe, parse_tokens, recipe_from_dict
 from mmbert.errors import MmbertError
-from mmbert.train.schedule import accum_steps, decay_curve, lr_factor, target_batch_tokens
+from mmbert.train.schedule import decay_curve, lr_factor, step_slots, target_batch_tokens
+from mmbert.train.slots import step_assignment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -152,5 +153,6 @@ def test_batch_warmup_and_accumulation():
     p = recipe_from_dict(d, "t.yaml").phases[0]
     assert target_batch_tokens(p, 0) == 1024 and target_batch_tokens(p, 40_000) == 2048
     assert target_batch_tokens(p, 20_000) == pytest.approx(1536)
-    assert accum_steps(p, 0, 1) == 1 and accum_steps(p, 50_000, 1) == 2
-    assert accum_steps(p, 50_000, 2) == 1  # two ranks x 1 micro-batch = the same global batch
+    assert step_slots(p, 0) == 1 and step_slots(p, 50_000) == 2
+    # two ranks x 1 micro-batch = the same global batch
+    assert step_assignment(p, 50_000, 2, 0).passes == 1

@@ -68,14 +68,3 @@ def step_slots(phase: PhaseConfig, t: float) -> int:
 def phase_slots(phase: PhaseConfig) -> int:
     """Data slots of a full-size step (batch warmup only ever grows the batch)."""
     return step_slots(phase, float(phase.tokens))
-
-
-def accum_steps(phase: PhaseConfig, t: float, world_size: int) -> int:
-    """Micro-batch passes per rank for the step starting at ``t``: the step's slots spread
-    over ``world_size`` ranks, rounded up (a rank short of a slot runs a padding pass)."""
-    return -(-step_slots(phase, t) // world_size)
-
-
-def max_accum_steps(phase: PhaseConfig, world_size: int) -> int:
-    """Micro-batch passes per rank at full batch size."""
-    return -(-phase_slots(phase) // world_size)
